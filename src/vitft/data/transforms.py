@@ -1,0 +1,71 @@
+"""Per-image transforms: albumentations augmentation, then the model's own image processor.
+
+Resize and normalisation come from the model's image processor (the same object that
+``transformers.pipeline`` uses on the exported model), so training, evaluation and deployment see
+identical inputs and match the backbone's pretraining.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import albumentations as A
+import numpy as np
+import torch
+from PIL import Image
+
+from vitft.errors import VitftError
+
+# What inspection and field images vary by: orientation, lighting, focus, sensor noise.
+AUGMENT_PRESETS = {
+    "none": lambda: [],
+    "light": lambda: [
+        A.HorizontalFlip(p=0.5),
+        A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.1, p=0.5),
+    ],
+    "industrial": lambda: [
+        A.HorizontalFlip(p=0.5),
+        A.VerticalFlip(p=0.5),
+        A.RandomRotate90(p=0.5),
+        A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.5),
+        A.OneOf([A.GaussianBlur(blur_limit=(3, 5)), A.MotionBlur(blur_limit=(3, 5))], p=0.2),
+        A.GaussNoise(std_range=(0.02, 0.06), p=0.2),
+    ],
+}
+
+
+def augmentation(preset: str | None) -> A.Compose | None:
+    """The albumentations pipeline of a preset (None for ``none``)."""
+    preset = preset or "none"
+    if preset not in AUGMENT_PRESETS:
+        raise VitftError(
+            f"data.augment={preset!r} is unknown; use one of {sorted(AUGMENT_PRESETS)}"
+        )
+    ops = AUGMENT_PRESETS[preset]()
+    return A.Compose(ops) if ops else None
+
+
+def processor_facts(processor: Any) -> dict:
+    """Image size, mean and std of an HF image processor (what exports must record)."""
+    size = processor.size
+    height = size.get("height") or size.get("shortest_edge")
+    width = size.get("width") or size.get("shortest_edge")
+    return {
+        "image_size": [int(height), int(width)],
+        "image_mean": [float(v) for v in processor.image_mean],
+        "image_std": [float(v) for v in processor.image_std],
+    }
+
+
+class ImageTransform:
+    """PIL RGB image -> normalised ``(3, H, W)`` float tensor, optionally augmented first."""
+
+    def __init__(self, processor: Any, augment: str | None = None):
+        self.processor = processor
+        self.augment = augmentation(augment)
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        image: Any = img
+        if self.augment is not None:
+            image = self.augment(image=np.array(img))["image"]
+        return self.processor(images=image, return_tensors="pt")["pixel_values"][0]

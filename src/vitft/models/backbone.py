@@ -1,0 +1,144 @@
+"""Load HF image backbones: from the hub, from a local HF directory, or built from a config.
+
+This is the one place that knows each architecture's embeddings, ordered blocks and the modules
+after the last block (``ARCHITECTURES``); freezing strategies ask ``backbone_parts`` for them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import transformers
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModelForImageClassification,
+    PreTrainedModel,
+)
+from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING_NAMES
+
+from vitft.errors import VitftError
+
+log = logging.getLogger(__name__)
+
+# model_type -> (embeddings, ordered blocks, modules after the last block), as attribute paths
+# on the HF *ForImageClassification model.
+ARCHITECTURES: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "vit": ("vit.embeddings", "vit.layers", ("vit.layernorm",)),
+}
+
+
+@dataclass
+class BackboneParts:
+    embeddings: nn.Module
+    blocks: list[nn.Module]
+    post: list[nn.Module]
+
+
+def _get(module: nn.Module, path: str) -> nn.Module:
+    for name in path.split("."):
+        module = getattr(module, name)
+    return module
+
+
+def backbone_parts(hf_model: PreTrainedModel) -> BackboneParts:
+    """Embeddings, ordered blocks and post-block modules of an HF image classifier."""
+    model_type = hf_model.config.model_type
+    if model_type not in ARCHITECTURES:
+        raise VitftError(
+            f"freezing does not know the layout of model_type={model_type!r}; known: "
+            f"{sorted(ARCHITECTURES)}. Use freeze=none or freeze=backbone, or add it to "
+            "vitft.models.backbone.ARCHITECTURES."
+        )
+    emb, blocks, post = ARCHITECTURES[model_type]
+    return BackboneParts(
+        embeddings=_get(hf_model, emb),
+        blocks=list(_get(hf_model, blocks)),
+        post=[_get(hf_model, p) for p in post],
+    )
+
+
+def _label_kwargs(labels: list[str]) -> dict[str, Any]:
+    id2label = dict(enumerate(labels))
+    return {
+        "num_labels": len(labels),
+        "id2label": id2label,
+        "label2id": {v: k for k, v in id2label.items()},
+    }
+
+
+def _offline_error(source: str, err: Exception) -> VitftError:
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    return VitftError(
+        f"could not load model.pretrained={source!r}: it is not a local directory, and the HF hub "
+        f"{'is disabled (HF_HUB_OFFLINE=1)' if offline else 'could not be reached'} with no cached "
+        "copy. Fixes: run once with network access to fill the HF cache (then HF_HUB_OFFLINE=1 "
+        "works), or point model.pretrained=/path/to/local/hf_dir at a mirrored copy, or use "
+        f"model=vit_tiny for an offline model with random weights. ({type(err).__name__}: "
+        f"{str(err).splitlines()[0] if str(err) else ''})"
+    )
+
+
+def default_image_processor(config: transformers.PretrainedConfig):
+    """The image processor an HF config would ship with, for models built from a config."""
+    names = IMAGE_PROCESSOR_MAPPING_NAMES.get(config.model_type)
+    if not names:
+        raise VitftError(f"no image processor known for model_type={config.model_type!r}")
+    name = names.get("torchvision") or names.get("pil")
+    cls = getattr(transformers, name)
+    size = getattr(config, "image_size", 224)
+    return cls(size={"height": size, "width": size})
+
+
+def load_backbone(model_cfg: dict, labels: list[str]) -> tuple[PreTrainedModel, Any]:
+    """HF image classifier with ``len(labels)`` outputs, plus its image processor.
+
+    ``model_cfg.pretrained``: a hub id or a local HF directory (pretrained weights; the
+    classifier is re-initialised when the label count differs). Else ``model_cfg.config``:
+    an architecture built from config with random weights. Never falls back from one to the other.
+    """
+    pretrained = model_cfg.get("pretrained")
+    config = model_cfg.get("config")
+    if pretrained:
+        source = str(pretrained)
+        local = Path(source).expanduser()
+        if local.exists() and not (local / "config.json").is_file():
+            raise VitftError(
+                f"model.pretrained={source!r} is a local path but has no config.json: it must be "
+                "a directory written by save_pretrained (config.json + model.safetensors)"
+            )
+        source = str(local) if local.exists() else source
+        try:
+            model = AutoModelForImageClassification.from_pretrained(
+                source, ignore_mismatched_sizes=True, **_label_kwargs(labels)
+            )
+            processor = AutoImageProcessor.from_pretrained(source)
+        except OSError as err:
+            if local.exists():
+                raise VitftError(f"could not load model.pretrained={source!r}: {err}") from err
+            raise _offline_error(source, err) from err
+        return model, processor
+    if config:
+        config = dict(config)
+        model_type = config.pop("model_type", None)
+        if not model_type:
+            raise VitftError("model.config needs a model_type (e.g. vit)")
+        hf_config = AutoConfig.for_model(model_type, **config, **_label_kwargs(labels))
+        model = AutoModelForImageClassification.from_config(hf_config)
+        return model, default_image_processor(hf_config)
+    raise VitftError("set model.pretrained (hub id or local dir) or model.config (build from config)")
+
+
+def classifier_in_features(hf_model: PreTrainedModel) -> int:
+    """Width of the features the HF model feeds to its ``classifier``."""
+    clf = getattr(hf_model, "classifier", None)
+    if not isinstance(clf, nn.Linear):
+        raise VitftError(
+            f"{type(hf_model).__name__} has no linear `classifier` to replace with a vitft head"
+        )
+    return clf.in_features

@@ -1,0 +1,59 @@
+"""ImageClassifier: an HF backbone plus a vitft head, as a plain ``nn.Module``.
+
+This is what training wraps, and what export and inference use: it never needs Lightning.
+The HF model's own ``classifier`` is replaced by ``nn.Identity``, so its ``logits`` are the pooled
+features its classifier would see (CLS token for ViT, CLS + mean patch token for DINOv2, ...).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+
+from vitft.models.backbone import classifier_in_features, load_backbone
+from vitft.models.heads import LinearHead, build_head
+
+
+class ImageClassifier(nn.Module):
+    def __init__(self, backbone: PreTrainedModel, head: nn.Module, head_cfg: dict | None = None):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.head_cfg = dict(head_cfg or {"name": "linear"})
+
+    @property
+    def config(self):
+        """The backbone's HF config (architecture, image size, id2label)."""
+        return self.backbone.config
+
+    @property
+    def labels(self) -> list[str]:
+        id2label = self.config.id2label
+        return [id2label[i] for i in range(len(id2label))]
+
+    def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Pooled backbone features, the head's input: ``(batch, in_features)``."""
+        return self.backbone(pixel_values=pixel_values).logits
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(pixel_values))
+
+    @classmethod
+    def from_hf(cls, hf_model: PreTrainedModel, head_cfg: dict | None = None) -> ImageClassifier:
+        """Take over an HF ``*ForImageClassification`` model; a linear head keeps its weights."""
+        head_cfg = dict(head_cfg or {"name": "linear"})
+        in_features = classifier_in_features(hf_model)
+        head = build_head(head_cfg, in_features, hf_model.config.num_labels)
+        if isinstance(head, LinearHead):
+            head.fc.load_state_dict(hf_model.classifier.state_dict())
+        hf_model.classifier = nn.Identity()
+        return cls(hf_model, head, head_cfg)
+
+
+def build_model(model_cfg: dict, head_cfg: dict, labels: list[str]) -> tuple[ImageClassifier, Any]:
+    """Backbone (hub, local dir or config) + head for ``labels``; returns (model, processor)."""
+    hf_model, processor = load_backbone(model_cfg, labels)
+    return ImageClassifier.from_hf(hf_model, head_cfg), processor

@@ -1,0 +1,160 @@
+"""ClassifierModule: the LightningModule that trains an ImageClassifier.
+
+Loss, metrics, optimizer parameter groups and the LR schedule; no file I/O. The checkpoint also
+carries what is needed to rebuild the plain model without the training config (``vitft`` key).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from vitft.metrics import build_confusion, build_metrics, flatten
+from vitft.models.classifier import ImageClassifier
+
+# Parameters that never get weight decay besides norms and biases (timm's rule: all 1-d params).
+NO_DECAY_NAMES = ("cls_token", "position_embeddings", "pos_embed", "mask_token", "register_tokens")
+
+
+def _plain(cfg: Any) -> Any:
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Trainable parameters split into decay (weight matrices) and no-decay groups."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim <= 1 or any(k in name for k in NO_DECAY_NAMES):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return [g for g in groups if g["params"]]
+
+
+class ClassifierModule(L.LightningModule):
+    def __init__(
+        self,
+        model: ImageClassifier,
+        optimizer: dict,
+        scheduler: dict | None = None,
+        loss: dict | None = None,
+        class_weights: list[float] | None = None,
+        processor: dict | None = None,
+        wandb_id: str | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters(
+            {
+                "optimizer": _plain(optimizer),
+                "scheduler": _plain(scheduler),
+                "loss": _plain(loss) or {},
+                "class_weights": class_weights,
+            }
+        )
+        self.model = model
+        self.processor = processor or {}
+        self.wandb_id = wandb_id
+        self.param_counts: dict[str, int] = {}
+        loss = self.hparams.loss
+        weight = torch.tensor(class_weights, dtype=torch.float) if class_weights else None
+        self.criterion = nn.CrossEntropyLoss(
+            weight=weight, label_smoothing=float(loss.get("label_smoothing", 0.0))
+        )
+        n = model.config.num_labels
+        # nn.ModuleDict keys can't be "train" (a Module method): one attribute per stage.
+        self.train_metrics = build_metrics(n, "train/")
+        self.val_metrics = build_metrics(n, "val/")
+        self.test_metrics = build_metrics(n, "test/")
+        self.val_confusion = build_confusion(n)
+        self.test_confusion = build_confusion(n)
+        # Last computed confusion matrices (rows: true class, columns: predicted).
+        self.confusion_matrices: dict[str, list[list[int]]] = {}
+
+    @property
+    def classes(self) -> list[str]:
+        return self.model.labels
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values)
+
+    def _step(self, batch, stage: str) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = self.criterion(logits, y)
+        preds = logits.argmax(dim=-1)
+        getattr(self, f"{stage}_metrics").update(preds, y)
+        if stage != "train":
+            getattr(self, f"{stage}_confusion").update(preds, y)
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=True,
+                 batch_size=len(y), sync_dist=True)
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._step(batch, "test")
+
+    def _epoch_end(self, stage: str) -> None:
+        metrics = getattr(self, f"{stage}_metrics")
+        values = flatten(metrics.compute(), self.classes)
+        metrics.reset()
+        self.log(f"{stage}/acc", values.pop(f"{stage}/acc"), prog_bar=True, sync_dist=True)
+        self.log_dict(values, sync_dist=True)
+        if stage != "train":
+            confusion = getattr(self, f"{stage}_confusion")
+            self.confusion_matrices[stage] = confusion.compute().int().tolist()
+            confusion.reset()
+
+    def on_train_epoch_end(self) -> None:
+        self._epoch_end("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._epoch_end("test")
+
+    def configure_optimizers(self):
+        opt_cfg = dict(self.hparams.optimizer)
+        weight_decay = float(opt_cfg.pop("weight_decay", 0.0))
+        optimizer = instantiate(opt_cfg)(params=param_groups(self.model, weight_decay))
+        sched_cfg = self.hparams.scheduler
+        if not sched_cfg:
+            return optimizer
+        total = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total):
+            raise ValueError("a scheduler needs trainer.max_epochs or trainer.max_steps to be set")
+        epochs = max(1, self.trainer.max_epochs or 1)
+        warmup = int(round(float(sched_cfg.get("warmup_epochs", 0)) * total / epochs))
+        schedule = instantiate(sched_cfg["schedule"])
+        accepted = inspect.signature(schedule.func).parameters
+        kwargs = {"num_warmup_steps": min(warmup, int(total)), "num_training_steps": int(total)}
+        kwargs = {k: v for k, v in kwargs.items() if k in accepted}
+        scheduler = schedule(optimizer=optimizer, **kwargs)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Enough to rebuild the plain model from the checkpoint alone (eval, export).
+        checkpoint["vitft"] = {
+            "backbone_config": self.model.config.to_dict(),
+            "head": self.model.head_cfg,
+            "labels": self.classes,
+            "processor": self.processor,
+            "wandb_id": self.wandb_id,
+        }

@@ -1,0 +1,140 @@
+"""Loggers: CSV / TensorBoard / W&B, with a W&B run id that survives resume and outages.
+
+Tracking must never fail or hang training: with no API key, no network or a bad key, W&B records
+the run offline and the log says how to ``wandb sync`` it later.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import netrc
+import os
+import uuid
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from lightning.fabric.loggers.logger import rank_zero_experiment
+from lightning.pytorch.loggers import CSVLogger as _CSVLogger
+from lightning.pytorch.loggers import Logger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+RUN_ID_FILE = "wandb_run_id.txt"
+
+
+class _AppendingWriter(ExperimentWriter):
+    def _check_log_dir_exists(self) -> None:
+        # Keep the rows of earlier attempts and their header, so a resumed run appends.
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as f:
+                self.metrics_keys = sorted(csv.DictReader(f).fieldnames or [])
+
+
+class CSVLogger(_CSVLogger):
+    """Lightning's CSVLogger, but a resumed run appends to metrics.csv instead of deleting it.
+
+    train() removes metrics.csv itself when a run starts fresh.
+    """
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            os.makedirs(self.root_dir or ".", exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
+
+
+def _has_wandb_key() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return False
+
+
+def checkpoint_meta(ckpt_path: str | Path) -> dict:
+    """The ``vitft`` block of a checkpoint (no code runs: weights_only, memory-mapped)."""
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    return ckpt.get("vitft", {})
+
+
+def run_id(output_dir: Path, ckpt_path: str | None) -> str:
+    """The W&B run id: from the checkpoint we resume, else this run dir's, else a new one."""
+    id_file = Path(output_dir) / RUN_ID_FILE
+    rid = None
+    if ckpt_path:
+        rid = checkpoint_meta(ckpt_path).get("wandb_id")
+    if not rid and id_file.is_file():
+        rid = id_file.read_text().strip()
+    if not rid:
+        rid = uuid.uuid4().hex[:8]  # W&B's id format: 8 lowercase alphanumerics
+    id_file.parent.mkdir(parents=True, exist_ok=True)
+    id_file.write_text(rid)
+    return rid
+
+
+def _wandb_logger(cfg: dict, rid: str, config: dict) -> Logger:
+    from lightning.pytorch.loggers import WandbLogger
+
+    mode = cfg.pop("mode", None) or os.environ.get("WANDB_MODE")
+    if not mode:
+        mode = "online" if _has_wandb_key() else "offline"
+        if mode == "offline":
+            log.warning("W&B: no API key (WANDB_API_KEY or `wandb login`): recording offline")
+    kwargs = {**cfg, "id": rid, "resume": "allow", "config": config}
+    try:
+        import wandb
+
+        logger = instantiate(
+            kwargs, mode=mode, settings=wandb.Settings(init_timeout=30, silent=True)
+        )
+        logger.experiment  # start the run now, not deep inside training
+        return logger
+    except Exception as err:  # noqa: BLE001  (any tracker failure must not stop training)
+        if mode == "offline":
+            raise
+        log.warning("W&B online failed (%s: %s); recording this run offline", type(err).__name__, err)
+        logger = WandbLogger(**{k: v for k, v in kwargs.items() if k != "_target_"}, mode="offline")
+        logger.experiment
+        return logger
+
+
+def build_loggers(cfg_logger: DictConfig | dict | None, output_dir: Path, rid: str,
+                  config: dict) -> list[Logger]:
+    """Instantiate every configured logger; W&B gets the run id and the resolved config."""
+    loggers: list[Logger] = []
+    for name, lg_cfg in (cfg_logger or {}).items():
+        if not lg_cfg:
+            continue
+        lg = OmegaConf.to_container(lg_cfg, resolve=True) if isinstance(lg_cfg, DictConfig) else dict(lg_cfg)
+        if "WandbLogger" in lg.get("_target_", ""):
+            logger = _wandb_logger(lg, rid, config)
+            if logger.experiment.settings.mode == "offline" or getattr(
+                logger.experiment.settings, "_offline", False
+            ):
+                log.info(
+                    "W&B run %s is offline; sync it later with: wandb sync %s",
+                    rid,
+                    Path(logger.experiment.dir).parent,
+                )
+            loggers.append(logger)
+        else:
+            loggers.append(instantiate(lg))
+    return loggers
+
+
+def finish() -> None:
+    """Close the W&B run if one is open (always, even when training failed)."""
+    import sys
+
+    if "wandb" in sys.modules:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()

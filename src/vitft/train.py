@@ -1,0 +1,194 @@
+"""train(cfg): the story of one training run, top to bottom.
+
+files -> scan (classes, splits) -> backbone + head -> Lightning module -> fit -> best checkpoint
+-> validate + test -> HF export in <run>/model -> summary.json.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import transformers
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from vitft import tracking
+from vitft.data.datamodule import FolderDataModule
+from vitft.data.folder import scan_dataset
+from vitft.data.transforms import processor_facts
+from vitft.errors import VitftError
+from vitft.export.hf import save_hf
+from vitft.freeze import build_freeze
+from vitft.models.classifier import build_model
+from vitft.module import ClassifierModule
+
+log = logging.getLogger(__name__)
+
+LAST_CKPT = Path("checkpoints") / "last.ckpt"
+
+
+def resolve_ckpt_path(cfg: DictConfig, output_dir: Path) -> str | None:
+    """The checkpoint to continue from: ``ckpt_path``, or with ``resume=auto`` the run's last."""
+    if cfg.get("ckpt_path"):
+        path = Path(cfg.ckpt_path).expanduser()
+        if not path.is_file():
+            raise VitftError(f"ckpt_path={cfg.ckpt_path} does not exist (or is not a file)")
+        return str(path)
+    resume = cfg.get("resume")
+    if resume in (None, False, "never"):
+        return None
+    if resume != "auto":
+        raise VitftError(f"resume={resume!r} is unknown; use resume=auto or leave it unset")
+    last = output_dir / LAST_CKPT
+    if last.is_file():
+        log.info("resume=auto: continuing from %s", last)
+        return str(last)
+    log.info("resume=auto: no %s yet, starting fresh", last)
+    return None
+
+
+def _start_fresh(output_dir: Path) -> None:
+    """A fresh run in a used run dir replaces the old run's metrics and checkpoints."""
+    if (output_dir / LAST_CKPT).is_file():
+        log.warning(
+            "%s already holds checkpoints of an earlier run; starting fresh overwrites them "
+            "(use resume=auto to continue that run instead)",
+            output_dir,
+        )
+    (output_dir / "metrics.csv").unlink(missing_ok=True)
+    (output_dir / tracking.RUN_ID_FILE).unlink(missing_ok=True)
+
+
+def resolve_class_weights(spec: Any, counts: torch.Tensor) -> list[float] | None:
+    """``loss.class_weights``: null, ``auto`` (inverse class frequency) or one weight per class."""
+    if spec is None:
+        return None
+    if spec == "auto":
+        weights = counts.sum() / (len(counts) * counts.clamp(min=1))
+        return [round(float(w), 6) for w in weights]
+    weights = [float(w) for w in spec]
+    if len(weights) != len(counts):
+        raise VitftError(
+            f"loss.class_weights has {len(weights)} values but the data has {len(counts)} classes"
+        )
+    return weights
+
+
+def _instantiate_all(cfg: DictConfig | None) -> list[Any]:
+    return [instantiate(c) for c in (cfg or {}).values() if c and "_target_" in c]
+
+
+def _scalars(results: list[dict]) -> dict[str, float]:
+    return {k: float(v) for r in results for k, v in r.items()}
+
+
+def train(cfg: DictConfig) -> tuple[dict, dict]:
+    """Train, test and export one model. Returns (metrics, objects)."""
+    transformers.utils.logging.disable_progress_bar()
+    L.seed_everything(cfg.seed, workers=True)
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = resolve_ckpt_path(cfg, output_dir)
+
+    data = cfg.data
+    splits = scan_dataset(
+        data.data_dir, data.classes, data.val_fraction, data.test_fraction, data.split_seed
+    )
+    log.info("dataset %s\n%s", splits.root, splits.summary())
+
+    model, processor = build_model(cfg.model, cfg.head, splits.classes)
+    freeze = build_freeze(cfg.freeze, model)
+    datamodule = FolderDataModule(
+        splits,
+        processor,
+        augment=data.augment,
+        batch_size=data.batch_size,
+        eval_batch_size=data.eval_batch_size,
+        num_workers=data.num_workers,
+        pin_memory=data.pin_memory,
+        persistent_workers=data.persistent_workers,
+    )
+    class_weights = resolve_class_weights(cfg.loss.get("class_weights"), datamodule.train_label_counts())
+
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
+    if not ckpt_path:
+        _start_fresh(output_dir)
+    rid = tracking.run_id(output_dir, ckpt_path)
+    module = ClassifierModule(
+        model,
+        optimizer=cfg.optimizer,
+        scheduler=cfg.get("scheduler"),
+        loss=cfg.loss,
+        class_weights=class_weights,
+        processor=json.loads(processor.to_json_string()),
+        wandb_id=rid,
+    )
+    callbacks: list[Callback] = [freeze, *_instantiate_all(cfg.get("callbacks"))]
+    loggers = tracking.build_loggers(cfg.get("logger"), output_dir, rid, resolved)
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+    if cfg.get("train", True):
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    elif ckpt_path:
+        module.load_state_dict(torch.load(ckpt_path, weights_only=True)["state_dict"])
+
+    best = next(
+        (cb.best_model_path for cb in callbacks if isinstance(cb, ModelCheckpoint)), ""
+    )
+    if best and cfg.get("train", True):
+        # Validate, test and export the best checkpoint, not the last epoch's weights.
+        module.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
+    metrics: dict[str, float] = {}
+    metrics.update(_scalars(trainer.validate(module, datamodule=datamodule, verbose=False)))
+    if cfg.get("test", True):
+        metrics.update(_scalars(trainer.test(module, datamodule=datamodule)))
+
+    summary = {
+        **metrics,
+        "classes": splits.classes,
+        "confusion_matrix": module.confusion_matrices,
+        "best_checkpoint": best or None,
+        "last_checkpoint": str(output_dir / LAST_CKPT) if (output_dir / LAST_CKPT).is_file() else None,
+        "epochs": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "params": module.param_counts,
+        "resumed_from": ckpt_path,
+        "run_dir": str(output_dir),
+        "model_dir": str(output_dir / "model"),
+        "wandb_run_id": rid,
+    }
+    if trainer.is_global_zero:
+        save_hf(
+            module.model,
+            processor,
+            output_dir / "model",
+            meta={**processor_facts(processor), "source_checkpoint": best or None,
+                  "metrics": metrics, "task": cfg.task.get("name")},
+        )
+        (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        log.info("run dir: %s", output_dir)
+    return metrics, {"trainer": trainer, "module": module, "datamodule": datamodule,
+                     "summary": summary, "cfg": cfg}
+
+
+def run(cfg: DictConfig) -> float | None:
+    """Entry point behind train.py: clear errors, trackers always closed, run dir always logged."""
+    try:
+        metrics, _ = train(cfg)
+    except VitftError as err:
+        log.error("%s", err)
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        tracking.finish()
+        log.info("outputs: %s", cfg.paths.output_dir)
+    name = cfg.get("optimized_metric")
+    return metrics.get(name) if name else None

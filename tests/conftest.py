@@ -1,0 +1,72 @@
+"""Shared fixtures: tiny synthetic folder datasets in tmp_path and composed real configs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+from PIL import Image
+
+import vitft  # noqa: F401  (registers resolvers)
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+CLASSES = ("red", "green", "blue")
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+
+def make_image(label: int, rng: np.random.Generator, size: int = 32) -> Image.Image:
+    """An easy, learnable image: one dominant colour channel per class plus noise."""
+    arr = rng.integers(0, 90, size=(size, size, 3)).astype(np.uint8)
+    arr[..., label % 3] += 150
+    return Image.fromarray(arr)
+
+
+def make_dataset(
+    root: Path,
+    classes=CLASSES,
+    counts: dict[str, int] | None = None,
+    seed: int = 0,
+    ext: str = ".png",
+) -> Path:
+    """root/{split}/{class}/img_XXX.png with `counts[split]` images per class."""
+    counts = counts or {"train": 8, "val": 3, "test": 3}
+    rng = np.random.default_rng(seed)
+    for split, n in counts.items():
+        for label, cls in enumerate(classes):
+            d = root / split / cls
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                make_image(label, rng).save(d / f"{cls}_{split}_{i:03d}{ext}")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("tiny_data"))
+
+
+def make_cfg(output_dir: Path, data_dir: Path | None, *overrides: str) -> DictConfig:
+    """The real train config, shrunk for a CPU test, writing into ``output_dir``."""
+    base = [
+        "model=vit_tiny",
+        "freeze=none",
+        "trainer=cpu",
+        "trainer.max_epochs=1",
+        "data.num_workers=0",
+        "data.batch_size=8",
+        "+trainer.enable_model_summary=false",
+    ]
+    if data_dir is not None:
+        base += ["task=folder", f"task.data_dir={data_dir}"]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=[*base, *overrides])
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+    return cfg

@@ -1,0 +1,103 @@
+"""Every option of every config group composes, and what it configures instantiates."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from tests.conftest import CONF, make_cfg
+from vitft.freeze import build_freeze
+from vitft.models.classifier import build_model
+from vitft.tracking import build_loggers
+
+GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir())
+OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((CONF / g).glob("*.yaml"))]
+TINY_MODEL = ["model=vit_tiny"]
+
+
+def test_every_group_has_options():
+    assert {"task", "model", "head", "freeze", "data", "optimizer", "scheduler", "trainer",
+            "logger", "callbacks", "paths", "hydra", "experiment", "debug"} <= set(GROUPS)
+
+
+@pytest.mark.parametrize("group, option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_option_composes_and_instantiates(tmp_path, tiny_data, group, option):
+    if group == "hydra":
+        return check_hydra_run_dir()
+    overrides = [f"{group}={option}"]
+    data = tiny_data
+    if group == "task":
+        data = None
+        if option == "folder":
+            overrides.append(f"task.data_dir={tiny_data}")
+    cfg = make_cfg(tmp_path / "run", data, *overrides)
+    OmegaConf.resolve(cfg)  # every interpolation resolves
+    classes = ["blue", "green", "red"]
+
+    if group == "task":
+        from vitft.data.folder import scan_dataset
+
+        splits = scan_dataset(cfg.data.data_dir, cfg.data.classes)
+        assert len(splits.train) > 0 and len(splits.val) > 0 and len(splits.test) > 0
+    elif group == "model":
+        if cfg.model.pretrained:
+            # The hub id is loaded by the same from_pretrained call as a local dir; that path is
+            # tested in test_models.py (no network here).
+            assert cfg.model.pretrained == "google/vit-base-patch16-224"
+        else:
+            model, _ = build_model(cfg.model, cfg.head, classes)
+            assert model(torch.randn(1, 3, 64, 64)).shape == (1, 3)
+    elif group in ("head", "freeze"):
+        model, _ = build_model(cfg.model, cfg.head, classes)
+        build_freeze(cfg.freeze, model).apply(model)
+        assert model(torch.randn(2, 3, 64, 64)).shape == (2, 3)
+    elif group == "optimizer":
+        opt = instantiate(cfg.optimizer)(params=[torch.nn.Parameter(torch.zeros(2))])
+        assert isinstance(opt, torch.optim.Optimizer)
+    elif group == "scheduler":
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1)
+        schedule = instantiate(cfg.scheduler.schedule)
+        import inspect
+
+        params = inspect.signature(schedule.func).parameters
+        kwargs = {k: v for k, v in {"num_warmup_steps": 2, "num_training_steps": 10}.items()
+                  if k in params}
+        schedule(optimizer=opt, **kwargs).step()
+    elif group == "trainer":
+        trainer_cfg = cfg.trainer
+        if option == "gpu":  # no GPU here: everything but the accelerator
+            trainer_cfg.accelerator = "cpu"
+        trainer = instantiate(trainer_cfg, logger=False, enable_checkpointing=False)
+        assert trainer.max_epochs == cfg.trainer.max_epochs
+    elif group == "logger":
+        loggers = build_loggers(cfg.get("logger"), Path(cfg.paths.output_dir), "abc12345", {})
+        assert len(loggers) == {"none": 0, "wandb": 2}.get(option, 1)
+        from vitft.tracking import finish
+
+        finish()
+    elif group == "callbacks":
+        cbs = [instantiate(c) for c in cfg.callbacks.values() if c]
+        assert len(cbs) == (0 if option == "none" else 4)
+    elif group in ("data", "loss", "paths", "experiment", "debug"):
+        assert cfg.data.batch_size > 0
+
+
+def check_hydra_run_dir():
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        named = compose("train", overrides=["run_name=line3"], return_hydra_config=True)
+        unnamed = compose("train", return_hydra_config=True)
+    root = Path(named.paths.root_dir)
+    assert (root / "conf").is_dir()
+    assert Path(named.hydra.run.dir) == root / "outputs" / "line3"
+    assert Path(unnamed.hydra.run.dir).parent == root / "outputs" / "runs"
+
+
+def test_unknown_option_is_a_clear_hydra_error(tmp_path):
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException, match="freeze"):
+        make_cfg(tmp_path, None, "freeze=half")
