@@ -18,8 +18,22 @@ TINY_MODEL = ["model=vit_tiny"]
 
 
 def test_every_group_has_options():
-    assert {"task", "model", "head", "freeze", "data", "optimizer", "scheduler", "trainer",
-            "logger", "callbacks", "paths", "hydra", "experiment", "debug"} <= set(GROUPS)
+    assert {
+        "task",
+        "model",
+        "head",
+        "freeze",
+        "data",
+        "optimizer",
+        "scheduler",
+        "trainer",
+        "logger",
+        "callbacks",
+        "paths",
+        "hydra",
+        "experiment",
+        "debug",
+    } <= set(GROUPS)
 
 
 @pytest.mark.parametrize("group, option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
@@ -62,8 +76,11 @@ def test_option_composes_and_instantiates(tmp_path, tiny_data, group, option):
         import inspect
 
         params = inspect.signature(schedule.func).parameters
-        kwargs = {k: v for k, v in {"num_warmup_steps": 2, "num_training_steps": 10}.items()
-                  if k in params}
+        kwargs = {
+            k: v
+            for k, v in {"num_warmup_steps": 2, "num_training_steps": 10}.items()
+            if k in params
+        }
         schedule(optimizer=opt, **kwargs).step()
     elif group == "trainer":
         trainer_cfg = cfg.trainer

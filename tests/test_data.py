@@ -12,7 +12,9 @@ def test_scan_reads_all_splits(tiny_data):
     splits = scan_dataset(tiny_data)
     assert splits.classes == sorted(CLASSES)
     assert {s: len(splits.split(s)) for s in ("train", "val", "test")} == {
-        "train": 24, "val": 9, "test": 9,
+        "train": 24,
+        "val": 9,
+        "test": 9,
     }
     assert splits.origin == {"train": "folder", "val": "folder", "test": "folder"}
 

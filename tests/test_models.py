@@ -11,8 +11,13 @@ from vitft.models.classifier import build_model
 from vitft.models.heads import CosineHead, LinearHead, MLPHead
 
 TINY = {
-    "model_type": "vit", "image_size": 32, "patch_size": 8, "hidden_size": 32,
-    "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
+    "model_type": "vit",
+    "image_size": 32,
+    "patch_size": 8,
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
 }
 HEADS = {
     "linear": {"name": "linear"},
@@ -25,7 +30,9 @@ HEADS = {
 def test_head_swap_keeps_the_backbone(head):
     torch.manual_seed(0)
     model, _ = build_model({"config": TINY}, HEADS[head], ["a", "b", "c"])
-    assert isinstance(model.head, {"linear": LinearHead, "mlp": MLPHead, "cosine": CosineHead}[head])
+    assert isinstance(
+        model.head, {"linear": LinearHead, "mlp": MLPHead, "cosine": CosineHead}[head]
+    )
     x = torch.randn(2, 3, 32, 32)
     assert model(x).shape == (2, 3)
     assert model.features(x).shape == (2, 32)
@@ -38,8 +45,9 @@ def test_from_pretrained_local_dir_with_other_label_count(tmp_path):
     src, proc = load_backbone({"config": TINY}, [f"c{i}" for i in range(5)])
     src.save_pretrained(tmp_path / "mirror")
     proc.save_pretrained(tmp_path / "mirror")
-    model, processor = build_model({"pretrained": str(tmp_path / "mirror")}, HEADS["linear"],
-                                   ["ok", "crack", "dent"])
+    model, processor = build_model(
+        {"pretrained": str(tmp_path / "mirror")}, HEADS["linear"], ["ok", "crack", "dent"]
+    )
     assert model.labels == ["ok", "crack", "dent"]
     assert model.head.fc.out_features == 3
     # the backbone weights are the mirrored ones, not random

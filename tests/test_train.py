@@ -29,7 +29,7 @@ from vitft.train import train
 )
 def test_fast_dev_run(tmp_path, tiny_data, overrides):
     cfg = make_cfg(tmp_path / "run", tiny_data, "debug=fdr", *overrides)
-    metrics, objects = train(cfg)
+    metrics, _objects = train(cfg)
     assert {"val/acc", "test/acc", "test/f1_macro", "test/recall_red"} <= set(metrics)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["classes"] == ["blue", "green", "red"]
@@ -43,17 +43,40 @@ def test_freezing_is_real(tiny_data, strategy, n):
     L.seed_everything(0)
     splits = scan_dataset(tiny_data)
     model, processor = build_model(
-        {"config": {"model_type": "vit", "image_size": 32, "patch_size": 8, "hidden_size": 32,
-                    "num_hidden_layers": 3, "num_attention_heads": 2, "intermediate_size": 64}},
-        {"name": "linear"}, splits.classes,
+        {
+            "config": {
+                "model_type": "vit",
+                "image_size": 32,
+                "patch_size": 8,
+                "hidden_size": 32,
+                "num_hidden_layers": 3,
+                "num_attention_heads": 2,
+                "intermediate_size": 64,
+            }
+        },
+        {"name": "linear"},
+        splits.classes,
     )
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    module = ClassifierModule(model, optimizer={"_target_": "torch.optim.AdamW", "_partial_": True,
-                                                "lr": 1e-2, "weight_decay": 0.1})
+    module = ClassifierModule(
+        model,
+        optimizer={
+            "_target_": "torch.optim.AdamW",
+            "_partial_": True,
+            "lr": 1e-2,
+            "weight_decay": 0.1,
+        },
+    )
     dm = FolderDataModule(splits, processor, batch_size=8)
-    trainer = L.Trainer(max_steps=3, callbacks=[Freeze(strategy, n)], logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False,
-                        limit_val_batches=0, accelerator="cpu")
+    trainer = L.Trainer(
+        max_steps=3,
+        callbacks=[Freeze(strategy, n)],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        limit_val_batches=0,
+        accelerator="cpu",
+    )
     trainer.fit(module, datamodule=dm)
     after = model.state_dict()
     trainable = {k for k, p in model.named_parameters() if p.requires_grad}
@@ -70,10 +93,21 @@ def test_freezing_is_real(tiny_data, strategy, n):
 
 
 def test_last_n_larger_than_depth_fails_before_training(tmp_path, tiny_data):
-    model, _ = build_model({"config": {"model_type": "vit", "image_size": 32, "patch_size": 8,
-                                       "hidden_size": 32, "num_hidden_layers": 2,
-                                       "num_attention_heads": 2, "intermediate_size": 64}},
-                           {"name": "linear"}, ["a", "b"])
+    model, _ = build_model(
+        {
+            "config": {
+                "model_type": "vit",
+                "image_size": 32,
+                "patch_size": 8,
+                "hidden_size": 32,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 2,
+                "intermediate_size": 64,
+            }
+        },
+        {"name": "linear"},
+        ["a", "b"],
+    )
     with pytest.raises(VitftError, match="freeze.n=5"):
         build_freeze({"name": "last_n", "n": 5}, model)
 
@@ -106,8 +140,9 @@ def test_explicit_ckpt_path_and_missing_ckpt(tmp_path, tiny_data):
     run = tmp_path / "run"
     train(make_cfg(run, tiny_data, "trainer.max_epochs=1"))
     ckpt = run / "checkpoints" / "last.ckpt"
-    _, out = train(make_cfg(tmp_path / "run2", tiny_data, "trainer.max_epochs=2",
-                            f"ckpt_path={ckpt}"))
+    _, out = train(
+        make_cfg(tmp_path / "run2", tiny_data, "trainer.max_epochs=2", f"ckpt_path={ckpt}")
+    )
     assert out["trainer"].current_epoch == 2 and out["trainer"].global_step == 6
     with pytest.raises(VitftError, match="ckpt_path"):
         train(make_cfg(tmp_path / "run3", tiny_data, f"ckpt_path={tmp_path}/nope.ckpt"))
@@ -136,6 +171,7 @@ def test_class_weights_auto(tmp_path, tiny_data):
     assert np.allclose(w, [100 / 30, 100 / 90, 100 / 180], atol=1e-5)
     with pytest.raises(VitftError, match="class_weights"):
         resolve_class_weights([1.0, 2.0], torch.tensor([1.0, 1.0, 1.0]))
-    metrics, objects = train(make_cfg(tmp_path / "r", tiny_data, "debug=fdr",
-                                      "loss.class_weights=auto"))
+    _metrics, objects = train(
+        make_cfg(tmp_path / "r", tiny_data, "debug=fdr", "loss.class_weights=auto")
+    )
     assert objects["module"].criterion.weight is not None

@@ -38,5 +38,5 @@ def flatten(values: dict, classes: list[str]) -> dict[str, float]:
         if value.ndim == 0:
             out[key] = float(value)
         else:
-            out.update({f"{key}_{c}": float(v) for c, v in zip(classes, value)})
+            out.update({f"{key}_{c}": float(v) for c, v in zip(classes, value, strict=True)})
     return out

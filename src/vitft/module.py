@@ -97,8 +97,15 @@ class ClassifierModule(L.LightningModule):
         getattr(self, f"{stage}_metrics").update(preds, y)
         if stage != "train":
             getattr(self, f"{stage}_confusion").update(preds, y)
-        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=True,
-                 batch_size=len(y), sync_dist=True)
+        self.log(
+            f"{stage}/loss",
+            loss,
+            on_step=False,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=len(y),
+            sync_dist=True,
+        )
         return loss
 
     def training_step(self, batch, batch_idx):
@@ -141,13 +148,16 @@ class ClassifierModule(L.LightningModule):
         if not math.isfinite(total):
             raise ValueError("a scheduler needs trainer.max_epochs or trainer.max_steps to be set")
         epochs = max(1, self.trainer.max_epochs or 1)
-        warmup = int(round(float(sched_cfg.get("warmup_epochs", 0)) * total / epochs))
+        warmup = round(float(sched_cfg.get("warmup_epochs", 0)) * total / epochs)
         schedule = instantiate(sched_cfg["schedule"])
         accepted = inspect.signature(schedule.func).parameters
         kwargs = {"num_warmup_steps": min(warmup, int(total)), "num_training_steps": int(total)}
         kwargs = {k: v for k, v in kwargs.items() if k in accepted}
         scheduler = schedule(optimizer=optimizer, **kwargs)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Enough to rebuild the plain model from the checkpoint alone (eval, export).

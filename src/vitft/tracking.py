@@ -87,32 +87,40 @@ def _wandb_logger(cfg: dict, rid: str, config: dict) -> Logger:
         mode = "online" if _has_wandb_key() else "offline"
         if mode == "offline":
             log.warning("W&B: no API key (WANDB_API_KEY or `wandb login`): recording offline")
-    kwargs = {**cfg, "id": rid, "resume": "allow", "config": config}
+    kwargs = {**cfg, "id": rid, "resume": "allow", "config": config, "_convert_": "all"}
     try:
         import wandb
 
         logger = instantiate(
             kwargs, mode=mode, settings=wandb.Settings(init_timeout=30, silent=True)
         )
-        logger.experiment  # start the run now, not deep inside training
+        _ = logger.experiment  # start the run now, not deep inside training
         return logger
-    except Exception as err:  # noqa: BLE001  (any tracker failure must not stop training)
+    except Exception as err:
         if mode == "offline":
             raise
-        log.warning("W&B online failed (%s: %s); recording this run offline", type(err).__name__, err)
-        logger = WandbLogger(**{k: v for k, v in kwargs.items() if k != "_target_"}, mode="offline")
-        logger.experiment
+        log.warning(
+            "W&B online failed (%s: %s); recording this run offline", type(err).__name__, err
+        )
+        plain = {k: v for k, v in kwargs.items() if not k.startswith("_")}
+        logger = WandbLogger(**plain, mode="offline")
+        _ = logger.experiment
         return logger
 
 
-def build_loggers(cfg_logger: DictConfig | dict | None, output_dir: Path, rid: str,
-                  config: dict) -> list[Logger]:
+def build_loggers(
+    cfg_logger: DictConfig | dict | None, output_dir: Path, rid: str, config: dict
+) -> list[Logger]:
     """Instantiate every configured logger; W&B gets the run id and the resolved config."""
     loggers: list[Logger] = []
-    for name, lg_cfg in (cfg_logger or {}).items():
+    for lg_cfg in (cfg_logger or {}).values():
         if not lg_cfg:
             continue
-        lg = OmegaConf.to_container(lg_cfg, resolve=True) if isinstance(lg_cfg, DictConfig) else dict(lg_cfg)
+        lg = (
+            OmegaConf.to_container(lg_cfg, resolve=True)
+            if isinstance(lg_cfg, DictConfig)
+            else dict(lg_cfg)
+        )
         if "WandbLogger" in lg.get("_target_", ""):
             logger = _wandb_logger(lg, rid, config)
             if logger.experiment.settings.mode == "offline" or getattr(

@@ -115,7 +115,9 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         pin_memory=data.pin_memory,
         persistent_workers=data.persistent_workers,
     )
-    class_weights = resolve_class_weights(cfg.loss.get("class_weights"), datamodule.train_label_counts())
+    class_weights = resolve_class_weights(
+        cfg.loss.get("class_weights"), datamodule.train_label_counts()
+    )
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
     (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
@@ -140,12 +142,12 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     elif ckpt_path:
         module.load_state_dict(torch.load(ckpt_path, weights_only=True)["state_dict"])
 
-    best = next(
-        (cb.best_model_path for cb in callbacks if isinstance(cb, ModelCheckpoint)), ""
-    )
+    best = next((cb.best_model_path for cb in callbacks if isinstance(cb, ModelCheckpoint)), "")
     if best and cfg.get("train", True):
         # Validate, test and export the best checkpoint, not the last epoch's weights.
-        module.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
+        module.load_state_dict(
+            torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+        )
     metrics: dict[str, float] = {}
     metrics.update(_scalars(trainer.validate(module, datamodule=datamodule, verbose=False)))
     if cfg.get("test", True):
@@ -156,7 +158,9 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         "classes": splits.classes,
         "confusion_matrix": module.confusion_matrices,
         "best_checkpoint": best or None,
-        "last_checkpoint": str(output_dir / LAST_CKPT) if (output_dir / LAST_CKPT).is_file() else None,
+        "last_checkpoint": str(output_dir / LAST_CKPT)
+        if (output_dir / LAST_CKPT).is_file()
+        else None,
         "epochs": trainer.current_epoch,
         "global_step": trainer.global_step,
         "params": module.param_counts,
@@ -170,13 +174,22 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
             module.model,
             processor,
             output_dir / "model",
-            meta={**processor_facts(processor), "source_checkpoint": best or None,
-                  "metrics": metrics, "task": cfg.task.get("name")},
+            meta={
+                **processor_facts(processor),
+                "source_checkpoint": best or None,
+                "metrics": metrics,
+                "task": cfg.task.get("name"),
+            },
         )
         (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         log.info("run dir: %s", output_dir)
-    return metrics, {"trainer": trainer, "module": module, "datamodule": datamodule,
-                     "summary": summary, "cfg": cfg}
+    return metrics, {
+        "trainer": trainer,
+        "module": module,
+        "datamodule": datamodule,
+        "summary": summary,
+        "cfg": cfg,
+    }
 
 
 def run(cfg: DictConfig) -> float | None:

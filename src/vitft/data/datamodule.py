@@ -60,7 +60,9 @@ class FolderDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         size = self.batch_size if split == "train" else self.eval_batch_size
-        return DataLoader(self.dataset(split), batch_size=size, shuffle=shuffle, **self.loader_kwargs)
+        return DataLoader(
+            self.dataset(split), batch_size=size, shuffle=shuffle, **self.loader_kwargs
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

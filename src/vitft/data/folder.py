@@ -46,8 +46,9 @@ class DatasetSplits:
     def summary(self) -> str:
         width = max(len(c) for c in self.classes)
         lines = [f"{'class':<{width}}  " + "  ".join(f"{s:>5}" for s in SPLITS)]
-        for i, cls in enumerate(self.classes):
-            row = [self.counts(s)[cls] for s in SPLITS]
+        counts = {s: self.counts(s) for s in SPLITS}
+        for cls in self.classes:
+            row = [counts[s][cls] for s in SPLITS]
             lines.append(f"{cls:<{width}}  " + "  ".join(f"{n:>5}" for n in row))
         lines.append("origin: " + ", ".join(f"{s}={self.origin[s]}" for s in SPLITS))
         return "\n".join(lines)
@@ -59,14 +60,18 @@ def _is_hidden_or_junk(name: str) -> bool:
 
 def class_folders(split_dir: Path) -> list[str]:
     """Sorted class folder names in a split folder (hidden folders and junk excluded)."""
-    return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not _is_hidden_or_junk(p.name))
+    return sorted(
+        p.name for p in split_dir.iterdir() if p.is_dir() and not _is_hidden_or_junk(p.name)
+    )
 
 
 def list_images(class_dir: Path) -> tuple[list[Path], list[Path]]:
     """(image files, other files) under a class folder, recursively, in sorted order."""
     images, other = [], []
     for p in sorted(class_dir.rglob("*")):
-        if not p.is_file() or any(_is_hidden_or_junk(part) for part in p.relative_to(class_dir).parts):
+        if not p.is_file() or any(
+            _is_hidden_or_junk(part) for part in p.relative_to(class_dir).parts
+        ):
             continue
         (images if p.suffix.lower() in IMAGE_EXTENSIONS else other).append(p)
     return images, other
@@ -164,7 +169,9 @@ def scan_dataset(
     if carve:
         samples["train"], parts = stratified_split(samples["train"], carve, split_seed)
         samples.update(parts)
-        origin.update({s: f"split from train ({f:.0%}, seed {split_seed})" for s, f in carve.items()})
+        origin.update(
+            {s: f"split from train ({f:.0%}, seed {split_seed})" for s, f in carve.items()}
+        )
         for s in carve:
             if not samples[s]:
                 raise VitftError(f"{root}: too few training images to carve a {s} split")

@@ -13,7 +13,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
         # 16-bit sensors: full range is 65535; float images are assumed to be in [0, 1]
-        top = 65535.0 if img.mode != "F" else (1.0 if arr.max() <= 1.0 else arr.max())
+        top = 65535.0 if img.mode != "F" else (max(1.0, arr.max()))
         arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
         img = Image.fromarray(arr, mode="L")
     if img.mode == "P":

@@ -18,7 +18,7 @@ from vitft.errors import VitftError
 
 # What inspection and field images vary by: orientation, lighting, focus, sensor noise.
 AUGMENT_PRESETS = {
-    "none": lambda: [],
+    "none": list,
     "light": lambda: [
         A.HorizontalFlip(p=0.5),
         A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.1, p=0.5),

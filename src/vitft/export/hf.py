@@ -67,9 +67,7 @@ class VitftForImageClassification(PreTrainedModel):
 
 
 AutoConfig.register(VITFT_MODEL_TYPE, VitftConfig, exist_ok=True)
-AutoModelForImageClassification.register(
-    VitftConfig, VitftForImageClassification, exist_ok=True
-)
+AutoModelForImageClassification.register(VitftConfig, VitftForImageClassification, exist_ok=True)
 
 
 def to_hf(model: ImageClassifier) -> PreTrainedModel:

@@ -131,7 +131,9 @@ def load_backbone(model_cfg: dict, labels: list[str]) -> tuple[PreTrainedModel, 
         hf_config = AutoConfig.for_model(model_type, **config, **_label_kwargs(labels))
         model = AutoModelForImageClassification.from_config(hf_config)
         return model, default_image_processor(hf_config)
-    raise VitftError("set model.pretrained (hub id or local dir) or model.config (build from config)")
+    raise VitftError(
+        "set model.pretrained (hub id or local dir) or model.config (build from config)"
+    )
 
 
 def classifier_in_features(hf_model: PreTrainedModel) -> int:
