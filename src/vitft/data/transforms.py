@@ -48,12 +48,16 @@ def augmentation(preset: str | None) -> A.Compose | None:
 def processor_facts(processor: Any) -> dict:
     """Image size, mean and std of an HF image processor (what exports must record)."""
     size = processor.size
+    crop = getattr(processor, "crop_size", None)
+    if getattr(processor, "do_center_crop", False) and crop:
+        size = crop  # the model sees the crop, not the resized image
     height = size.get("height") or size.get("shortest_edge")
     width = size.get("width") or size.get("shortest_edge")
+    normalize = getattr(processor, "do_normalize", True) and processor.image_mean is not None
     return {
         "image_size": [int(height), int(width)],
-        "image_mean": [float(v) for v in processor.image_mean],
-        "image_std": [float(v) for v in processor.image_std],
+        "image_mean": [float(v) for v in processor.image_mean] if normalize else [0.0] * 3,
+        "image_std": [float(v) for v in processor.image_std] if normalize else [1.0] * 3,
     }
 
 

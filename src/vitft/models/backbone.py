@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import transformers
+from omegaconf import OmegaConf
 from torch import nn
 from transformers import (
     AutoConfig,
@@ -20,16 +21,22 @@ from transformers import (
     AutoModelForImageClassification,
     PreTrainedModel,
 )
-from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING_NAMES
+from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
 
 from vitft.errors import VitftError
 
 log = logging.getLogger(__name__)
 
 # model_type -> (embeddings, ordered blocks, modules after the last block), as attribute paths
-# on the HF *ForImageClassification model.
+# on the HF *ForImageClassification model. For hierarchical backbones (Swin, ConvNeXt, MobileViT)
+# a "block" is a stage: freeze.n then counts stages.
 ARCHITECTURES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "vit": ("vit.embeddings", "vit.layers", ("vit.layernorm",)),
+    "deit": ("deit.embeddings", "deit.layers", ("deit.layernorm",)),
+    "dinov2": ("dinov2.embeddings", "dinov2.encoder.layer", ("dinov2.layernorm",)),
+    "swin": ("swin.embeddings", "swin.encoder.layers", ("swin.layernorm",)),
+    "convnext": ("convnext.embeddings", "convnext.encoder.stages", ("convnext.layernorm",)),
+    "mobilevit": ("mobilevit.conv_stem", "mobilevit.encoder.layer", ("mobilevit.conv_1x1_exp",)),
 }
 
 
@@ -85,14 +92,12 @@ def _offline_error(source: str, err: Exception) -> VitftError:
 
 
 def default_image_processor(config: transformers.PretrainedConfig):
-    """The image processor an HF config would ship with, for models built from a config."""
-    names = IMAGE_PROCESSOR_MAPPING_NAMES.get(config.model_type)
-    if not names:
-        raise VitftError(f"no image processor known for model_type={config.model_type!r}")
-    name = names.get("torchvision") or names.get("pil")
-    cls = getattr(transformers, name)
+    """Preprocessing for a model built from a config (random weights, so no pretraining to
+    match): resize to the config's image size, normalise to [-1, 1]."""
     size = getattr(config, "image_size", 224)
-    return cls(size={"height": size, "width": size})
+    return transformers.ViTImageProcessor(
+        size={"height": size, "width": size}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+    )
 
 
 def load_backbone(model_cfg: dict, labels: list[str]) -> tuple[PreTrainedModel, Any]:
@@ -124,16 +129,30 @@ def load_backbone(model_cfg: dict, labels: list[str]) -> tuple[PreTrainedModel, 
             raise _offline_error(source, err) from err
         return model, processor
     if config:
-        config = dict(config)
+        # plain lists/dicts: HF's strict config dataclasses reject OmegaConf containers
+        config = OmegaConf.to_container(config) if OmegaConf.is_config(config) else dict(config)
         model_type = config.pop("model_type", None)
         if not model_type:
             raise VitftError("model.config needs a model_type (e.g. vit)")
         hf_config = AutoConfig.for_model(model_type, **config, **_label_kwargs(labels))
+        if not hf_config.architectures:
+            # Auto classes with two heads per type (DeiT, LeViT) need the architecture named.
+            hf_config.architectures = [_classifier_class_name(model_type)]
         model = AutoModelForImageClassification.from_config(hf_config)
         return model, default_image_processor(hf_config)
     raise VitftError(
         "set model.pretrained (hub id or local dir) or model.config (build from config)"
     )
+
+
+def _classifier_class_name(model_type: str) -> str:
+    names = MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES.get(model_type)
+    if not names:
+        raise VitftError(
+            f"model.config.model_type={model_type!r} has no image-classification model in "
+            f"transformers {transformers.__version__}"
+        )
+    return names[0] if isinstance(names, tuple) else names
 
 
 def classifier_in_features(hf_model: PreTrainedModel) -> int:

@@ -1,0 +1,45 @@
+"""Every backbone's tiny variant trains with freeze=backbone and freeze=last_n."""
+
+import pytest
+import torch
+
+from tests.conftest import make_cfg
+from vitft.models.backbone import ARCHITECTURES, backbone_parts
+from vitft.train import train
+
+TINY = ["vit_tiny", "deit_tiny", "swin_tiny", "convnext_tiny", "mobilevit_tiny", "dinov2_tiny"]
+
+
+@pytest.mark.parametrize("freeze", ["backbone", "last_n"])
+@pytest.mark.parametrize("model", TINY)
+def test_tiny_backbone_trains(tmp_path, tiny_data, model, freeze):
+    overrides = [f"model={model}", f"freeze={freeze}", "debug=fdr"]
+    if freeze == "last_n":
+        overrides.append("freeze.n=1")
+    _, objects = train(make_cfg(tmp_path / "run", tiny_data, *overrides))
+    module = objects["module"]
+    counts = module.param_counts
+    assert 0 < counts["trainable"] < counts["total"]
+    parts = backbone_parts(module.model.backbone)
+    assert len(parts.blocks) >= 2
+    last = {id(p) for p in parts.blocks[-1].parameters()}
+    first = {id(p) for p in parts.blocks[0].parameters()}
+    trainable = {id(p) for p in module.model.parameters() if p.requires_grad}
+    assert not first & trainable
+    assert bool(last & trainable) == (freeze == "last_n")
+    assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
+
+
+def test_unknown_architecture_fails_clearly():
+    from transformers import AutoConfig, AutoModelForImageClassification
+
+    from vitft.errors import VitftError
+
+    cfg = AutoConfig.for_model(
+        "resnet", num_labels=2, hidden_sizes=[8, 16], depths=[1, 1], embedding_size=8
+    )
+    model = AutoModelForImageClassification.from_config(cfg)
+    assert "resnet" not in ARCHITECTURES
+    with pytest.raises(VitftError, match="model_type='resnet'"):
+        backbone_parts(model)
+    assert isinstance(model(pixel_values=torch.randn(1, 3, 32, 32)).logits, torch.Tensor)
