@@ -68,8 +68,12 @@ def test_option_composes_and_instantiates(tmp_path, tiny_data, group, option):
         build_freeze(cfg.freeze, model).apply(model)
         assert model(torch.randn(2, 3, 64, 64)).shape == (2, 3)
     elif group == "optimizer":
-        opt = instantiate(cfg.optimizer)(params=[torch.nn.Parameter(torch.zeros(2))])
+        from vitft.module import build_optimizer
+
+        model, _ = build_model(cfg.model, cfg.head, classes)
+        opt = build_optimizer(cfg.optimizer, model)
         assert isinstance(opt, torch.optim.Optimizer)
+        assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
     elif group == "scheduler":
         opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1)
         schedule = instantiate(cfg.scheduler.schedule)

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from vitft.metrics import build_confusion, build_metrics, flatten
+from vitft.models.backbone import backbone_parts
 from vitft.models.classifier import ImageClassifier
 
 # Parameters that never get weight decay besides norms and biases (timm's rule: all 1-d params).
@@ -27,20 +28,48 @@ def _plain(cfg: Any) -> Any:
     return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Trainable parameters split into decay (weight matrices) and no-decay groups."""
-    decay, no_decay = [], []
+def layer_ids(model: ImageClassifier) -> tuple[dict[int, int], int]:
+    """Parameter id -> layer id (embeddings 0, block i -> i + 1, the rest L + 1), and L."""
+    parts = backbone_parts(model.backbone)
+    ids = {id(p): len(parts.blocks) + 1 for p in model.parameters()}
+    ids.update({id(p): 0 for p in parts.embeddings.parameters()})
+    for i, block in enumerate(parts.blocks):
+        ids.update({id(p): i + 1 for p in block.parameters()})
+    return ids, len(parts.blocks)
+
+
+def param_groups(
+    model: ImageClassifier,
+    weight_decay: float,
+    layer_decay: float | None = None,
+    lr: float | None = None,
+) -> list[dict]:
+    """Trainable parameters grouped by weight decay (none on norms, biases, tokens) and, with
+    ``layer_decay``, by depth: block i gets lr * layer_decay ** (L - i) (timm's rule), the
+    embeddings lr * layer_decay ** (L + 1), the head and final norm the full lr."""
+    ids, depth = layer_ids(model) if layer_decay else ({}, 0)
+    groups: dict[tuple[int, bool], dict] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if p.ndim <= 1 or any(k in name for k in NO_DECAY_NAMES):
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return [g for g in groups if g["params"]]
+        decay = not (p.ndim <= 1 or any(k in name for k in NO_DECAY_NAMES))
+        layer = ids.get(id(p), depth + 1)
+        group = groups.setdefault(
+            (layer, decay), {"params": [], "weight_decay": weight_decay if decay else 0.0}
+        )
+        if layer_decay:
+            group["lr"] = lr * layer_decay ** (depth + 1 - layer)
+        group["params"].append(p)
+    return [groups[k] for k in sorted(groups, key=lambda k: (k[0], not k[1]))]
+
+
+def build_optimizer(opt_cfg: dict, model: ImageClassifier) -> torch.optim.Optimizer:
+    """The optimizer of conf/optimizer/ over ``model``'s trainable parameter groups."""
+    opt_cfg = dict(_plain(opt_cfg))
+    weight_decay = float(opt_cfg.pop("weight_decay", 0.0))
+    layer_decay = opt_cfg.pop("layer_decay", None)
+    groups = param_groups(model, weight_decay, layer_decay, opt_cfg.get("lr"))
+    return instantiate(opt_cfg)(params=groups)
 
 
 class ClassifierModule(L.LightningModule):
@@ -138,9 +167,7 @@ class ClassifierModule(L.LightningModule):
         self._epoch_end("test")
 
     def configure_optimizers(self):
-        opt_cfg = dict(self.hparams.optimizer)
-        weight_decay = float(opt_cfg.pop("weight_decay", 0.0))
-        optimizer = instantiate(opt_cfg)(params=param_groups(self.model, weight_decay))
+        optimizer = build_optimizer(self.hparams.optimizer, self.model)
         sched_cfg = self.hparams.scheduler
         if not sched_cfg:
             return optimizer

@@ -29,6 +29,7 @@ from vitft.errors import VitftError
 from vitft.models.backbone import classifier_in_features
 from vitft.models.classifier import ImageClassifier
 from vitft.models.heads import LinearHead, build_head
+from vitft.models.lora import merged_backbone
 
 VITFT_MODEL_TYPE = "vitft"
 
@@ -73,6 +74,7 @@ AutoModelForImageClassification.register(VitftConfig, VitftForImageClassificatio
 def to_hf(model: ImageClassifier) -> PreTrainedModel:
     """An HF model with the same weights and outputs as ``model`` (a copy, in eval mode)."""
     model = copy.deepcopy(model).cpu().eval()
+    model.backbone = merged_backbone(model.backbone)  # LoRA adapters become plain weights
     if isinstance(model.head, LinearHead):
         hf_model = model.backbone
         hf_model.classifier = model.head.fc
