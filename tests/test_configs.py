@@ -59,7 +59,10 @@ def test_option_composes_and_instantiates(tmp_path, tiny_data, group, option):
         if cfg.model.pretrained:
             # The hub id is loaded by the same from_pretrained call as a local dir; that path is
             # tested in test_models.py (no network here).
-            assert cfg.model.pretrained == "google/vit-base-patch16-224"
+            hub_id = str(cfg.model.pretrained)
+            assert hub_id.count("/") == 1 and not Path(hub_id).exists()
+            tiny = "vit_tiny" if option == "vit_base" else f"{option}_tiny"
+            assert (CONF / "model" / f"{tiny}.yaml").is_file()  # a tiny variant for tests
         else:
             model, _ = build_model(cfg.model, cfg.head, classes)
             assert model(torch.randn(1, 3, 64, 64)).shape == (1, 3)
@@ -88,7 +91,7 @@ def test_option_composes_and_instantiates(tmp_path, tiny_data, group, option):
         schedule(optimizer=opt, **kwargs).step()
     elif group == "trainer":
         trainer_cfg = cfg.trainer
-        if option == "gpu":  # no GPU here: everything but the accelerator
+        if trainer_cfg.accelerator == "gpu":  # no GPU here: everything but the accelerator
             trainer_cfg.accelerator = "cpu"
         trainer = instantiate(trainer_cfg, logger=False, enable_checkpointing=False)
         assert trainer.max_epochs == cfg.trainer.max_epochs
@@ -101,6 +104,8 @@ def test_option_composes_and_instantiates(tmp_path, tiny_data, group, option):
     elif group == "callbacks":
         cbs = [instantiate(c) for c in cfg.callbacks.values() if c]
         assert len(cbs) == (0 if option == "none" else 4)
+    elif group == "hparams_search":
+        assert cfg.optimized_metric == "val/acc" and cfg.sweep_name == "optuna-folder"
     elif group in ("data", "loss", "paths", "experiment", "debug"):
         assert cfg.data.batch_size > 0
 

@@ -63,6 +63,20 @@ def param_groups(
     return [groups[k] for k in sorted(groups, key=lambda k: (k[0], not k[1]))]
 
 
+def build_mix(mixup_alpha: float, cutmix_alpha: float, num_classes: int):
+    """MixUp and/or CutMix on training batches (torchvision v2), one of them per batch."""
+    from torchvision.transforms import v2
+
+    ops = []
+    if mixup_alpha:
+        ops.append(v2.MixUp(alpha=float(mixup_alpha), num_classes=num_classes))
+    if cutmix_alpha:
+        ops.append(v2.CutMix(alpha=float(cutmix_alpha), num_classes=num_classes))
+    if not ops:
+        return None
+    return ops[0] if len(ops) == 1 else v2.RandomChoice(ops)
+
+
 def build_optimizer(opt_cfg: dict, model: ImageClassifier) -> torch.optim.Optimizer:
     """The optimizer of conf/optimizer/ over ``model``'s trainable parameter groups."""
     opt_cfg = dict(_plain(opt_cfg))
@@ -102,6 +116,7 @@ class ClassifierModule(L.LightningModule):
             weight=weight, label_smoothing=float(loss.get("label_smoothing", 0.0))
         )
         n = model.config.num_labels
+        self.mix = build_mix(loss.get("mixup_alpha", 0.0), loss.get("cutmix_alpha", 0.0), n)
         # nn.ModuleDict keys can't be "train" (a Module method): one attribute per stage.
         self.train_metrics = build_metrics(n, "train/")
         self.val_metrics = build_metrics(n, "val/")
@@ -120,8 +135,12 @@ class ClassifierModule(L.LightningModule):
 
     def _step(self, batch, stage: str) -> torch.Tensor:
         x, y = batch
+        target = y
+        if stage == "train" and self.mix is not None:
+            x, target = self.mix(x, y)  # soft targets; metrics use the dominant label
+            y = target.argmax(dim=-1)
         logits = self(x)
-        loss = self.criterion(logits, y)
+        loss = self.criterion(logits, target)
         preds = logits.argmax(dim=-1)
         getattr(self, f"{stage}_metrics").update(preds, y)
         if stage != "train":

@@ -134,6 +134,10 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         wandb_id=rid,
     )
     callbacks: list[Callback] = [freeze, *_instantiate_all(cfg.get("callbacks"))]
+    if cfg.get("ema_decay"):
+        from lightning.pytorch.callbacks import EMAWeightAveraging
+
+        callbacks.append(EMAWeightAveraging(decay=float(cfg.ema_decay)))
     loggers = tracking.build_loggers(cfg.get("logger"), output_dir, rid, resolved)
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 

@@ -109,6 +109,9 @@ def load_backbone(model_cfg: dict, labels: list[str]) -> tuple[PreTrainedModel, 
     """
     pretrained = model_cfg.get("pretrained")
     config = model_cfg.get("config")
+    extra = {}
+    if model_cfg.get("drop_path_rate") is not None:
+        extra["drop_path_rate"] = float(model_cfg["drop_path_rate"])
     if pretrained:
         source = str(pretrained)
         local = Path(source).expanduser()
@@ -120,13 +123,14 @@ def load_backbone(model_cfg: dict, labels: list[str]) -> tuple[PreTrainedModel, 
         source = str(local) if local.exists() else source
         try:
             model = AutoModelForImageClassification.from_pretrained(
-                source, ignore_mismatched_sizes=True, **_label_kwargs(labels)
+                source, ignore_mismatched_sizes=True, **_label_kwargs(labels), **extra
             )
             processor = AutoImageProcessor.from_pretrained(source)
         except OSError as err:
             if local.exists():
                 raise VitftError(f"could not load model.pretrained={source!r}: {err}") from err
             raise _offline_error(source, err) from err
+        _check_drop_path(model.config.model_type, extra)
         return model, processor
     if config:
         # plain lists/dicts: HF's strict config dataclasses reject OmegaConf containers
@@ -134,7 +138,8 @@ def load_backbone(model_cfg: dict, labels: list[str]) -> tuple[PreTrainedModel, 
         model_type = config.pop("model_type", None)
         if not model_type:
             raise VitftError("model.config needs a model_type (e.g. vit)")
-        hf_config = AutoConfig.for_model(model_type, **config, **_label_kwargs(labels))
+        _check_drop_path(model_type, extra)
+        hf_config = AutoConfig.for_model(model_type, **{**config, **extra}, **_label_kwargs(labels))
         if not hf_config.architectures:
             # Auto classes with two heads per type (DeiT, LeViT) need the architecture named.
             hf_config.architectures = [_classifier_class_name(model_type)]
@@ -143,6 +148,18 @@ def load_backbone(model_cfg: dict, labels: list[str]) -> tuple[PreTrainedModel, 
     raise VitftError(
         "set model.pretrained (hub id or local dir) or model.config (build from config)"
     )
+
+
+def _check_drop_path(model_type: str, extra: dict) -> None:
+    """Stochastic depth exists only where the architecture implements it."""
+    if "drop_path_rate" in extra and not hasattr(
+        AutoConfig.for_model(model_type), "drop_path_rate"
+    ):
+        supported = [t for t in ARCHITECTURES if hasattr(AutoConfig.for_model(t), "drop_path_rate")]
+        raise VitftError(
+            f"model.drop_path_rate is not supported by model_type={model_type!r} (HF's "
+            f"implementation has no stochastic depth); it is for {supported}. Unset it"
+        )
 
 
 def _classifier_class_name(model_type: str) -> str:

@@ -1,0 +1,73 @@
+"""Regularisation options: drop path, MixUp/CutMix, label smoothing, EMA."""
+
+import pytest
+import torch
+
+from tests.conftest import make_cfg
+from vitft.errors import VitftError
+from vitft.models.backbone import load_backbone
+from vitft.train import train
+
+
+def test_drop_path_reaches_the_model_where_supported():
+    model, _ = load_backbone(
+        {
+            "config": {
+                "model_type": "convnext",
+                "image_size": 32,
+                "hidden_sizes": [8, 16],
+                "depths": [1, 1],
+                "num_stages": 2,
+            },
+            "drop_path_rate": 0.2,
+        },
+        ["a", "b"],
+    )
+    assert model.config.drop_path_rate == 0.2
+    rates = [m.drop_prob for m in model.modules() if type(m).__name__.endswith("DropPath")]
+    assert rates and max(rates) > 0
+
+
+def test_drop_path_on_vit_is_a_clear_error():
+    with pytest.raises(VitftError, match="drop_path_rate"):
+        load_backbone(
+            {
+                "config": {
+                    "model_type": "vit",
+                    "image_size": 32,
+                    "patch_size": 8,
+                    "hidden_size": 32,
+                    "num_hidden_layers": 1,
+                    "num_attention_heads": 2,
+                    "intermediate_size": 32,
+                },
+                "drop_path_rate": 0.1,
+            },
+            ["a", "b"],
+        )
+
+
+def test_mixup_cutmix_label_smoothing_and_ema_train(tmp_path, tiny_data):
+    cfg = make_cfg(
+        tmp_path / "run",
+        tiny_data,
+        "loss.mixup_alpha=0.2",
+        "loss.cutmix_alpha=1.0",
+        "loss.label_smoothing=0.1",
+        "ema_decay=0.9",
+        "trainer.max_epochs=2",
+    )
+    metrics, objects = train(cfg)
+    module, trainer = objects["module"], objects["trainer"]
+    assert module.mix is not None and module.criterion.label_smoothing == 0.1
+    ema = [c for c in trainer.callbacks if type(c).__name__ == "EMAWeightAveraging"]
+    assert ema
+    # the best checkpoint holds the EMA weights, and those are what was exported
+    best = torch.load(objects["summary"]["best_checkpoint"], weights_only=True)
+    assert "current_model_state" in best  # Lightning keeps the raw weights beside the EMA ones
+    assert not all(
+        torch.equal(best["state_dict"][k], best["current_model_state"][k])
+        for k in best["state_dict"]
+        if k.startswith("model.")
+    )
+    assert 0.0 <= metrics["val/acc"] <= 1.0
