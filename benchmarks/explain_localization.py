@@ -33,17 +33,18 @@ from vitft.predict import Predictor
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def train_model(out: Path, epochs: int) -> Path:
+def train_model(out: Path, epochs: int, extra: list[str]) -> Path:
     from vitft.train import train
 
     overrides = [
         "experiment=quickstart",
         f"trainer.max_epochs={epochs}",
-        "data.num_workers=2",
+        "data.num_workers=0",
         "logger=csv",
         "callbacks.progress_bar=null",
         "callbacks.early_stopping.patience=20",
         "+trainer.enable_progress_bar=false",
+        *extra,
     ]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
@@ -91,9 +92,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "outputs/bench_explain")
     ap.add_argument("--discard-ratio", type=float, default=0.9)
     ap.add_argument("--head-fusion", default="mean")
+    ap.add_argument("overrides", nargs="*", help="train config overrides, e.g. data.augment=light")
     args = ap.parse_args()
     torch.manual_seed(0)
-    model_dir = args.model_dir or train_model(args.out, args.epochs)
+    model_dir = args.model_dir or train_model(args.out, args.epochs, args.overrides)
     summary = measure(model_dir, args.discard_ratio, args.head_fusion)
     print(f"model {model_dir}; discard_ratio {args.discard_ratio}, head_fusion {args.head_fusion}")
     print(f"{'method/class':<16} {'images':>6} {'inside':>7} {'area':>7} {'lift':>6} {'hit':>6}")

@@ -91,7 +91,9 @@ def test_predict_cli_csv_json_and_reject(model_dir, folder, tmp_path, capsys):
     # A per-class threshold above any probability rejects exactly that class's predictions.
     predicted = {r["path"]: r["predicted"] for r in rows}
     target = rows[0]["predicted"]
-    results = predict(OmegaConf.create({**cfg, "format": "json", "class_thresholds": {target: 1.01}}))
+    results = predict(
+        OmegaConf.create({**cfg, "format": "json", "class_thresholds": {target: 1.01}})
+    )
     doc = json.loads((tmp_path / "preds.json").read_text())
     assert len(doc["bad_files"]) == 4 and doc["labels"] == LABELS
     for p in doc["predictions"]:

@@ -31,7 +31,7 @@ from torchmetrics.functional.classification import (
 )
 
 from vitft import tracking
-from vitft.data.folder import scan_dataset
+from vitft.data.folder import class_folders, list_images, scan_dataset
 from vitft.data.images import load_image
 from vitft.errors import VitftError
 from vitft.predict import Predictor, Results
@@ -77,8 +77,7 @@ def compute_metrics(
         )
     metrics["per_class"] = {
         cls: {
-            name: (int(v[i]) if name == "support" else float(v[i]))
-            for name, v in per_class.items()
+            name: (int(v[i]) if name == "support" else float(v[i])) for name, v in per_class.items()
         }
         for i, cls in enumerate(classes)
     }
@@ -106,9 +105,23 @@ def _class_map(data_classes: list[str], model_labels: list[str]) -> list[int]:
     return [model_labels.index(c) for c in data_classes]
 
 
-def write_predictions_csv(
-    path: Path, results: Results, true: list[str], labels: list[str]
-) -> Path:
+def _samples(data: Any, split: str) -> tuple[Path, list[str], list[tuple[Path, int]]]:
+    """(root, classes, samples): a split of a train/val/test dataset, or, for a folder without
+    train/ (e.g. images from a new production line), its class folders as they are."""
+    root = Path(data.data_dir).expanduser()
+    if root.is_dir() and not (root / "train").is_dir():
+        classes = class_folders(root)
+        if not classes:
+            raise VitftError(f"{root} has neither train/ nor class folders to evaluate on")
+        samples = [(p, i) for i, c in enumerate(classes) for p in list_images(root / c)[0]]
+        return root, classes, samples
+    splits = scan_dataset(
+        data.data_dir, data.classes, data.val_fraction, data.test_fraction, data.split_seed
+    )
+    return splits.root, splits.classes, splits.split(split)
+
+
+def write_predictions_csv(path: Path, results: Results, true: list[str], labels: list[str]) -> Path:
     with path.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["path", "true", "predicted", "confidence", *[f"prob_{c}" for c in labels]])
@@ -148,7 +161,11 @@ def _heatmaps(predictor: Predictor, paths, titles, preds, cfg) -> Any | None:
 
 
 def _log_wandb(cfg, out_dir: Path, metrics: dict, figures: dict, rows: list[list]) -> None:
-    wandb_cfg = {k: v for k, v in (cfg.get("logger") or {}).items() if v and "Wandb" in str(v.get("_target_", ""))}
+    wandb_cfg = {
+        k: v
+        for k, v in (cfg.get("logger") or {}).items()
+        if v and "Wandb" in str(v.get("_target_", ""))
+    }
     if not wandb_cfg:
         return
     loggers = tracking.build_loggers(
@@ -162,9 +179,7 @@ def _log_wandb(cfg, out_dir: Path, metrics: dict, figures: dict, rows: list[list
     for cls, vals in metrics["per_class"].items():
         scalars.update({f"eval/{k}_{cls}": v for k, v in vals.items()})
     columns = ["image", "path", "true", "predicted", "confidence"]
-    table = wandb.Table(
-        columns=columns, data=[[wandb.Image(str(r[0])), *r] for r in rows]
-    )
+    table = wandb.Table(columns=columns, data=[[wandb.Image(str(r[0])), *r] for r in rows])
     run.log(
         {
             **scalars,
@@ -194,15 +209,12 @@ def evaluate(cfg: Any) -> dict[str, Any]:
         num_workers=int(data.num_workers),
     )
     labels = predictor.labels
-    splits = scan_dataset(
-        data.data_dir, data.classes, data.val_fraction, data.test_fraction, data.split_seed
-    )
-    to_model = _class_map(splits.classes, labels)
-    samples = splits.split(cfg.split)
-    log.info("evaluating on %s/%s: %d images", splits.root, cfg.split, len(samples))
+    root, data_classes, samples = _samples(data, cfg.split)
+    to_model = _class_map(data_classes, labels)
+    log.info("evaluating on %s (%s): %d images", root, cfg.split, len(samples))
     results = predictor.predict_files([p for p, _ in samples], progress=cfg.get("progress"))
     if not results.predictions:
-        raise VitftError(f"no readable images in {splits.root} split {cfg.split}")
+        raise VitftError(f"no readable images in {root} ({cfg.split})")
     true_of = {str(p): to_model[y] for p, y in samples}
     probs = torch.tensor([[p.probs[c] for c in labels] for p in results.predictions])
     target = torch.tensor([true_of[p.path] for p in results.predictions])
@@ -211,7 +223,7 @@ def evaluate(cfg: Any) -> dict[str, Any]:
     metrics.update(
         {
             "split": cfg.split,
-            "data_dir": str(splits.root),
+            "data_dir": str(root),
             "model": str(cfg.get("model_dir") or cfg.get("ckpt_path")),
             "classes": labels,
             "bad_files": [{"path": b.path, "reason": b.reason} for b in results.bad_files],
@@ -236,7 +248,9 @@ def evaluate(cfg: Any) -> dict[str, Any]:
                                    {c: pc[c]["auroc"] for c in labels}, "roc"))  # fmt: skip
     add(
         "reliability",
-        plots.reliability(conf.numpy(), (pred == target).numpy(), int(cfg.ece_bins), metrics["ece"]),
+        plots.reliability(
+            conf.numpy(), (pred == target).numpy(), int(cfg.ece_bins), metrics["ece"]
+        ),
     )
     wrong = (pred != target).nonzero().flatten()
     worst = wrong[conf[wrong].argsort(descending=True)][: int(cfg.errors_max)].tolist()

@@ -78,7 +78,9 @@ def _normalise(maps: torch.Tensor) -> torch.Tensor:
 class Explainer:
     """Heatmaps for an ImageClassifier with a ViT backbone (the model is switched to eager)."""
 
-    def __init__(self, model: ImageClassifier, discard_ratio: float = 0.9, head_fusion: str = "mean"):
+    def __init__(
+        self, model: ImageClassifier, discard_ratio: float = 0.9, head_fusion: str = "mean"
+    ):
         if model.config.model_type != "vit":
             raise VitftError(
                 f"explain supports ViT backbones; this model is {model.config.model_type!r}"
@@ -97,7 +99,9 @@ class Explainer:
         flat = attention_rollout(out.attentions, self.discard_ratio, self.head_fusion)
         return _normalise(flat.reshape(-1, *patch_grid(self.model, pixel_values)))
 
-    def gradcam(self, pixel_values: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+    def gradcam(
+        self, pixel_values: torch.Tensor, target: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Grad-CAM for ``target`` class indices (default: the predicted class)."""
         store: dict[str, torch.Tensor] = {}
 
@@ -133,8 +137,8 @@ class Explainer:
             raise VitftError(f"methods={sorted(unknown)} unknown; use some of {list(METHODS)}")
         maps = {}
         for m in methods:
-            maps[m] = self.rollout(pixel_values) if m == "rollout" else self.gradcam(
-                pixel_values, target
+            maps[m] = (
+                self.rollout(pixel_values) if m == "rollout" else self.gradcam(pixel_values, target)
             )
         return maps
 
@@ -146,7 +150,9 @@ def upsample(heatmap: torch.Tensor | np.ndarray, size: tuple[int, int]) -> np.nd
     return up[0, 0].clamp(min=0).numpy()
 
 
-def overlay(image: Image.Image, heatmap: torch.Tensor | np.ndarray, alpha: float = 0.5) -> Image.Image:
+def overlay(
+    image: Image.Image, heatmap: torch.Tensor | np.ndarray, alpha: float = 0.5
+) -> Image.Image:
     """The image with the heatmap (jet colormap) blended over it, at the image's size."""
     from matplotlib import colormaps
 
@@ -182,7 +188,9 @@ def explain(cfg: Any) -> list[Path]:
     target = None
     if cfg.get("target"):
         if cfg.target not in predictor.labels:
-            raise VitftError(f"target={cfg.target!r} is not a class of the model: {predictor.labels}")
+            raise VitftError(
+                f"target={cfg.target!r} is not a class of the model: {predictor.labels}"
+            )
         target = predictor.labels.index(cfg.target)
     inputs = cfg.inputs if isinstance(cfg.inputs, str) else list(cfg.inputs)
     paths, bad = resolve_inputs(inputs)

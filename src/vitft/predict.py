@@ -251,9 +251,7 @@ class Predictor:
             out += self._records(names, probs, [ms] * len(chunk))
         return out
 
-    def _records(
-        self, paths: list[str], probs: torch.Tensor, ms: list[float]
-    ) -> list[Prediction]:
+    def _records(self, paths: list[str], probs: torch.Tensor, ms: list[float]) -> list[Prediction]:
         conf, idx, reject = self._decide(probs)
         return [
             Prediction(
@@ -319,7 +317,14 @@ def write_predictions(results: Results, output: str | Path, labels: list[str]) -
     with output.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(
-            ["path", "label", "predicted", "confidence", *[f"prob_{c}" for c in labels], "latency_ms"]
+            [
+                "path",
+                "label",
+                "predicted",
+                "confidence",
+                *[f"prob_{c}" for c in labels],
+                "latency_ms",
+            ]
         )
         for p in results.predictions:
             writer.writerow(
