@@ -117,7 +117,7 @@ def test_checkpoint_and_model_dir_agree_and_tta(tmp_path, tiny_data):
     x = torch.stack([from_dir.transform(Image.open(p).convert("RGB")) for p in images])
     manual = torch.stack([model(v).softmax(-1) for v in tta_views(x)]).mean(0)
     for p, row in zip(b, manual, strict=True):
-        assert p.probs == pytest.approx(dict(zip(LABELS, row.tolist())), abs=1e-5)
+        assert p.probs == pytest.approx(dict(zip(LABELS, row.tolist(), strict=True)), abs=1e-5)
     assert len(tta_views(x)) == 6
 
 

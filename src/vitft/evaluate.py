@@ -242,10 +242,10 @@ def evaluate(cfg: Any) -> dict[str, Any]:
 
     add("confusion_matrix", plots.confusion_matrix(np.array(metrics["confusion_matrix"]), labels))
     pc = metrics["per_class"]
-    add("pr_curves", plots.curves(_curves(probs, target, labels, "pr"),
-                                  {c: pc[c]["average_precision"] for c in labels}, "pr"))  # fmt: skip
-    add("roc_curves", plots.curves(_curves(probs, target, labels, "roc"),
-                                   {c: pc[c]["auroc"] for c in labels}, "roc"))  # fmt: skip
+    ap = {c: pc[c]["average_precision"] for c in labels}
+    add("pr_curves", plots.curves(_curves(probs, target, labels, "pr"), ap, "pr"))
+    auc = {c: pc[c]["auroc"] for c in labels}
+    add("roc_curves", plots.curves(_curves(probs, target, labels, "roc"), auc, "roc"))
     add(
         "reliability",
         plots.reliability(
@@ -263,7 +263,8 @@ def evaluate(cfg: Any) -> dict[str, Any]:
                 f"{Path(p).name}\ntrue {true_names[i]} / pred {labels[pred[i]]} {conf[i]:.2f}"
                 for p, i in zip(paths, worst, strict=True)
             ],
-            suptitle=f"{len(wrong)} of {len(target)} misclassified; the most confident {len(worst)}",
+            suptitle=f"{len(wrong)} of {len(target)} misclassified; "
+            f"the most confident {len(worst)}",
         ),
     )
     if cfg.explain.get("per_class", 0) > 0:

@@ -44,7 +44,7 @@ def attention_rollout(
     head_fusion: str = "mean",
     prefix_tokens: int = 1,
 ) -> torch.Tensor:
-    """Rollout of per-layer attentions ``(B, heads, T, T)`` -> CLS-to-patch map ``(B, T - prefix)``."""
+    """Per-layer attentions ``(B, heads, T, T)`` -> the CLS row over patches ``(B, T - prefix)``."""
     if head_fusion not in HEAD_FUSIONS:
         raise VitftError(f"head_fusion={head_fusion!r} is unknown; use one of {HEAD_FUSIONS}")
     if not 0.0 <= discard_ratio < 1.0:

@@ -59,7 +59,7 @@ def curves(
     scores: dict[str, float],
     kind: str,
 ) -> Figure:
-    """One-vs-rest curves per class: kind ``roc`` (x=FPR, y=TPR) or ``pr`` (x=recall, y=precision)."""
+    """One-vs-rest curves per class: ``roc`` (x=FPR, y=TPR) or ``pr`` (x=recall, y=precision)."""
     fig, ax = plt.subplots(figsize=(5.5, 5))
     for cls, (x, y) in per_class.items():
         label = f"{cls} ({'AUC' if kind == 'roc' else 'AP'} {scores[cls]:.3f})"
