@@ -144,6 +144,8 @@ def heatmap_figure(
             axes[r, c].imshow(overlay(img, np.asarray(per_image[r])))
             what = explained if isinstance(explained, str) or explained is None else explained[r]
             suffix = f" ({what})" if what and method == "gradcam" else ""
+            if not np.asarray(per_image[r]).any():
+                suffix += ": empty (no positive evidence)"  # ReLU'd Grad-CAM, not a bug
             axes[r, c].set_title(f"{method}{suffix}", fontsize=8)
         for ax in axes[r]:
             ax.axis("off")
