@@ -1,0 +1,299 @@
+"""evaluate(cfg): a trained model on one split of a folder dataset, as numbers and pictures.
+
+model (dir or checkpoint) + data split -> Predictor -> probabilities -> metrics.json,
+predictions.csv, figures (confusion, PR/ROC, reliability, worst errors, heatmaps) -> report.html
+(+ W&B with logger=wandb). Metrics come from torchmetrics on the same probabilities the CSV holds.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import transformers
+from omegaconf import OmegaConf
+from torchmetrics.functional.classification import (
+    multiclass_accuracy,
+    multiclass_auroc,
+    multiclass_average_precision,
+    multiclass_calibration_error,
+    multiclass_confusion_matrix,
+    multiclass_f1_score,
+    multiclass_precision,
+    multiclass_precision_recall_curve,
+    multiclass_recall,
+    multiclass_roc,
+)
+
+from vitft import tracking
+from vitft.data.folder import class_folders, list_images, scan_dataset
+from vitft.data.images import load_image
+from vitft.errors import VitftError
+from vitft.predict import Predictor, Results
+from vitft.report import html, plots
+
+log = logging.getLogger(__name__)
+
+FIGURES = {
+    "confusion_matrix": "confusion matrix: counts and row-normalised",
+    "pr_curves": "precision-recall curves per class",
+    "roc_curves": "ROC curves per class",
+    "reliability": "reliability diagram (calibration)",
+    "errors": "worst misclassified images",
+    "heatmaps": "where the model looked (attention rollout, Grad-CAM)",
+}
+
+
+def compute_metrics(
+    probs: torch.Tensor, target: torch.Tensor, classes: list[str], n_bins: int = 15
+) -> dict[str, Any]:
+    """Accuracy, F1, per-class P/R/F1/support/AUROC/AP, top-k, ECE and the confusion matrix."""
+    n = len(classes)
+    per_class = {
+        "precision": multiclass_precision(probs, target, n, average=None),
+        "recall": multiclass_recall(probs, target, n, average=None),
+        "f1": multiclass_f1_score(probs, target, n, average=None),
+        "support": torch.bincount(target, minlength=n),
+        "auroc": multiclass_auroc(probs, target, n, average=None),
+        "average_precision": multiclass_average_precision(probs, target, n, average=None),
+    }
+    metrics: dict[str, Any] = {
+        "images": len(target),
+        "accuracy": float(multiclass_accuracy(probs, target, n, average="micro")),
+        "f1_macro": float(multiclass_f1_score(probs, target, n, average="macro")),
+        "f1_weighted": float(multiclass_f1_score(probs, target, n, average="weighted")),
+        "auroc_macro": float(per_class["auroc"].mean()),
+        "ece": float(multiclass_calibration_error(probs, target, n, n_bins=n_bins, norm="l1")),
+        "ece_bins": n_bins,
+    }
+    for k in range(2, n):
+        metrics[f"top{k}_accuracy"] = float(
+            multiclass_accuracy(probs, target, n, top_k=k, average="micro")
+        )
+    metrics["per_class"] = {
+        cls: {
+            name: (int(v[i]) if name == "support" else float(v[i])) for name, v in per_class.items()
+        }
+        for i, cls in enumerate(classes)
+    }
+    metrics["confusion_matrix"] = multiclass_confusion_matrix(probs, target, n).tolist()
+    return metrics
+
+
+def _curves(probs: torch.Tensor, target: torch.Tensor, classes: list[str], kind: str) -> dict:
+    n = len(classes)
+    if kind == "roc":
+        xs, ys, _ = multiclass_roc(probs, target, n)
+    else:
+        ys, xs, _ = multiclass_precision_recall_curve(probs, target, n)
+    return {c: (xs[i].numpy(), ys[i].numpy()) for i, c in enumerate(classes)}
+
+
+def _class_map(data_classes: list[str], model_labels: list[str]) -> list[int]:
+    """Data class index -> model class index, by name (a new folder may order them differently)."""
+    missing = [c for c in data_classes if c not in model_labels]
+    if missing:
+        raise VitftError(
+            f"the data has classes {missing} that the model does not know (model classes: "
+            f"{model_labels}); evaluate on folders named after the model's classes"
+        )
+    return [model_labels.index(c) for c in data_classes]
+
+
+def _samples(data: Any, split: str) -> tuple[Path, list[str], list[tuple[Path, int]]]:
+    """(root, classes, samples): a split of a train/val/test dataset, or, for a folder without
+    train/ (e.g. images from a new production line), its class folders as they are."""
+    root = Path(data.data_dir).expanduser()
+    if root.is_dir() and not (root / "train").is_dir():
+        classes = class_folders(root)
+        if not classes:
+            raise VitftError(f"{root} has neither train/ nor class folders to evaluate on")
+        samples = [(p, i) for i, c in enumerate(classes) for p in list_images(root / c)[0]]
+        return root, classes, samples
+    splits = scan_dataset(
+        data.data_dir, data.classes, data.val_fraction, data.test_fraction, data.split_seed
+    )
+    return splits.root, splits.classes, splits.split(split)
+
+
+def write_predictions_csv(path: Path, results: Results, true: list[str], labels: list[str]) -> Path:
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "true", "predicted", "confidence", *[f"prob_{c}" for c in labels]])
+        for p, t in zip(results.predictions, true, strict=True):
+            w.writerow(
+                [p.path, t, p.predicted, f"{p.confidence:.8f}"]
+                + [f"{p.probs[c]:.8f}" for c in labels]
+            )
+    return path
+
+
+def _heatmap_samples(true: torch.Tensor, pred: torch.Tensor, per_class: int) -> list[int]:
+    """Per true class: its first correct and first misclassified images, up to ``per_class``."""
+    picks: list[int] = []
+    for c in torch.unique(true).tolist():
+        idx = (true == c).nonzero().flatten().tolist()
+        right = [i for i in idx if pred[i] == c]
+        wrong = [i for i in idx if pred[i] != c]
+        chosen = (right[:1] + wrong[:1] + right[1:] + wrong[1:])[:per_class]
+        picks += sorted(chosen)
+    return picks
+
+
+def _heatmaps(predictor: Predictor, paths, titles, preds, cfg) -> Any | None:
+    labels = predictor.labels
+    from vitft.explain import Explainer
+
+    model = predictor.backend.model
+    if model.config.model_type != "vit":
+        log.info("heatmaps: skipped (explain supports ViT backbones)")
+        return None
+    explainer = Explainer(model.cpu(), float(cfg.discard_ratio), str(cfg.head_fusion))
+    images = [load_image(p) for p in paths]
+    pixels = torch.stack([predictor.transform(img) for img in images])
+    maps = explainer.explain(pixels, list(cfg.methods), torch.as_tensor(preds))
+    return plots.heatmap_figure(images, maps, titles, [labels[i] for i in preds.tolist()])
+
+
+def _log_wandb(cfg, out_dir: Path, metrics: dict, figures: dict, rows: list[list]) -> None:
+    wandb_cfg = {
+        k: v
+        for k, v in (cfg.get("logger") or {}).items()
+        if v and "Wandb" in str(v.get("_target_", ""))
+    }
+    if not wandb_cfg:
+        return
+    loggers = tracking.build_loggers(
+        wandb_cfg, out_dir, tracking.run_id(out_dir, None), _resolved(cfg)
+    )
+    wandb_loggers = [lg for lg in loggers if type(lg).__name__ == "WandbLogger"]
+    import wandb
+
+    run = wandb_loggers[0].experiment
+    scalars = {f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
+    for cls, vals in metrics["per_class"].items():
+        scalars.update({f"eval/{k}_{cls}": v for k, v in vals.items()})
+    columns = ["image", "path", "true", "predicted", "confidence"]
+    table = wandb.Table(columns=columns, data=[[wandb.Image(str(r[0])), *r] for r in rows])
+    run.log(
+        {
+            **scalars,
+            **{f"eval/{name}": wandb.Image(str(path)) for name, path in figures.items()},
+            "eval/predictions": table,
+        }
+    )
+    run.summary.update(scalars)
+
+
+def _resolved(cfg) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
+
+
+def evaluate(cfg: Any) -> dict[str, Any]:
+    """Evaluate ``cfg.model_dir`` or ``cfg.ckpt_path`` on ``cfg.split`` of ``cfg.data``."""
+    transformers.utils.logging.disable_progress_bar()
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = cfg.data
+    predictor = Predictor.from_path(
+        cfg.get("model_dir"),
+        cfg.get("ckpt_path"),
+        device=cfg.get("device"),
+        tta=bool(cfg.get("tta")),
+        batch_size=int(data.eval_batch_size),
+        num_workers=int(data.num_workers),
+    )
+    labels = predictor.labels
+    root, data_classes, samples = _samples(data, cfg.split)
+    to_model = _class_map(data_classes, labels)
+    log.info("evaluating on %s (%s): %d images", root, cfg.split, len(samples))
+    results = predictor.predict_files([p for p, _ in samples], progress=cfg.get("progress"))
+    if not results.predictions:
+        raise VitftError(f"no readable images in {root} ({cfg.split})")
+    true_of = {str(p): to_model[y] for p, y in samples}
+    probs = torch.tensor([[p.probs[c] for c in labels] for p in results.predictions])
+    target = torch.tensor([true_of[p.path] for p in results.predictions])
+    pred = probs.argmax(-1)
+    metrics = compute_metrics(probs, target, labels, int(cfg.ece_bins))
+    metrics.update(
+        {
+            "split": cfg.split,
+            "data_dir": str(root),
+            "model": str(cfg.get("model_dir") or cfg.get("ckpt_path")),
+            "classes": labels,
+            "bad_files": [{"path": b.path, "reason": b.reason} for b in results.bad_files],
+            "tta": bool(cfg.get("tta")),
+        }
+    )
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    true_names = [labels[t] for t in target.tolist()]
+    write_predictions_csv(out_dir / "predictions.csv", results, true_names, labels)
+
+    conf = probs.max(-1).values
+    figures: dict[str, Path] = {}
+
+    def add(name: str, fig) -> None:
+        figures[name] = plots.save(fig, out_dir / f"{name}.png")
+
+    add("confusion_matrix", plots.confusion_matrix(np.array(metrics["confusion_matrix"]), labels))
+    pc = metrics["per_class"]
+    ap = {c: pc[c]["average_precision"] for c in labels}
+    add("pr_curves", plots.curves(_curves(probs, target, labels, "pr"), ap, "pr"))
+    auc = {c: pc[c]["auroc"] for c in labels}
+    add("roc_curves", plots.curves(_curves(probs, target, labels, "roc"), auc, "roc"))
+    add(
+        "reliability",
+        plots.reliability(
+            conf.numpy(), (pred == target).numpy(), int(cfg.ece_bins), metrics["ece"]
+        ),
+    )
+    wrong = (pred != target).nonzero().flatten()
+    worst = wrong[conf[wrong].argsort(descending=True)][: int(cfg.errors_max)].tolist()
+    paths = [results.predictions[i].path for i in worst]
+    add(
+        "errors",
+        plots.image_grid(
+            [load_image(p) for p in paths],
+            [
+                f"{Path(p).name}\ntrue {true_names[i]} / pred {labels[pred[i]]} {conf[i]:.2f}"
+                for p, i in zip(paths, worst, strict=True)
+            ],
+            suptitle=f"{len(wrong)} of {len(target)} misclassified; "
+            f"the most confident {len(worst)}",
+        ),
+    )
+    if cfg.explain.get("per_class", 0) > 0:
+        picks = _heatmap_samples(target, pred, int(cfg.explain.per_class))
+        titles = [
+            f"{Path(results.predictions[i].path).name}\ntrue {true_names[i]} / pred "
+            f"{labels[pred[i]]} {conf[i]:.2f}"
+            for i in picks
+        ]
+        fig = _heatmaps(
+            predictor, [results.predictions[i].path for i in picks], titles, pred[picks],
+            cfg.explain,
+        )  # fmt: skip
+        if fig is not None:
+            add("heatmaps", fig)
+
+    html.write_report(
+        out_dir / "report.html",
+        metrics,
+        {name: (path, FIGURES[name]) for name, path in figures.items()},
+    )
+    rows = [
+        [p.path, t, p.predicted, round(p.confidence, 4)]
+        for p, t in zip(results.predictions, true_names, strict=True)
+    ]
+    _log_wandb(cfg, out_dir, metrics, figures, rows)
+    summary = ", ".join(
+        f"{k} {metrics[k]:.3f}" for k in ("accuracy", "f1_macro", "auroc_macro", "ece")
+    )
+    print(f"{cfg.split}: {len(target)} images: {summary}")
+    print(f"report: {out_dir / 'report.html'}")
+    return metrics

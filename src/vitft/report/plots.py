@@ -1,0 +1,153 @@
+"""The evaluation figures (matplotlib, headless): each function returns a Figure."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a window (servers, CI)
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from PIL import Image  # noqa: E402
+
+
+def save(fig: Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def _matrix(ax, values: np.ndarray, classes: list[str], fmt: str, title: str) -> None:
+    im = ax.imshow(values, cmap="Blues", vmin=0, vmax=values.max() if values.max() > 0 else 1)
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    top = values.max() if values.max() > 0 else 1
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            v = values[i, j]
+            ax.text(
+                j, i, format(v, fmt), ha="center", va="center",
+                color="white" if v > top / 2 else "black", fontsize=9,
+            )  # fmt: skip
+    plt.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+
+
+def confusion_matrix(cm: np.ndarray, classes: list[str]) -> Figure:
+    """Counts and row-normalised (recall per true class), side by side."""
+    cm = np.asarray(cm)
+    rows = cm.sum(1, keepdims=True)
+    norm = np.divide(cm, rows, out=np.zeros_like(cm, dtype=float), where=rows > 0)
+    size = max(4.0, 0.6 * len(classes) + 2.5)
+    fig, axes = plt.subplots(1, 2, figsize=(2 * size + 1, size))
+    _matrix(axes[0], cm, classes, "d", "counts")
+    _matrix(axes[1], norm, classes, ".2f", "row-normalised (recall)")
+    fig.tight_layout()
+    return fig
+
+
+def curves(
+    per_class: dict[str, tuple[np.ndarray, np.ndarray]],
+    scores: dict[str, float],
+    kind: str,
+) -> Figure:
+    """One-vs-rest curves per class: ``roc`` (x=FPR, y=TPR) or ``pr`` (x=recall, y=precision)."""
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for cls, (x, y) in per_class.items():
+        label = f"{cls} ({'AUC' if kind == 'roc' else 'AP'} {scores[cls]:.3f})"
+        ax.plot(x, y, label=label, drawstyle="default" if kind == "roc" else "steps-post")
+    if kind == "roc":
+        ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="chance")
+        ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (one-vs-rest)")
+    else:
+        ax.set(xlabel="recall", ylabel="precision", title="precision-recall (one-vs-rest)")
+    ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.05))
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right" if kind == "roc" else "lower left", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def reliability(confidence: np.ndarray, correct: np.ndarray, n_bins: int, ece: float) -> Figure:
+    """Accuracy vs confidence per bin (a calibrated model follows the diagonal) + counts."""
+    edges = np.linspace(0, 1, n_bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, n_bins - 1)
+    counts = np.bincount(which, minlength=n_bins)
+    acc = np.bincount(which, weights=correct.astype(float), minlength=n_bins)
+    conf = np.bincount(which, weights=confidence, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        acc, conf = acc / counts, conf / counts
+    centers = (edges[:-1] + edges[1:]) / 2
+    fig, (ax, axh) = plt.subplots(
+        2, 1, figsize=(5.5, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
+    has = counts > 0
+    width = 1 / n_bins
+    ax.bar(centers[has], acc[has], width=width, edgecolor="k", label="accuracy")
+    ax.bar(
+        centers[has], conf[has] - acc[has], bottom=acc[has], width=width, color="tab:red",
+        alpha=0.35, edgecolor="tab:red", label="gap to confidence",
+    )  # fmt: skip
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="perfect calibration")
+    ax.set(ylabel="accuracy", ylim=(0, 1), title=f"reliability (ECE {ece:.3f})")
+    ax.legend(loc="upper left", fontsize=8)
+    axh.bar(centers, counts, width=width, edgecolor="k", color="gray")
+    axh.set(xlabel="confidence (top-1 probability)", ylabel="images", xlim=(0, 1))
+    fig.tight_layout()
+    return fig
+
+
+def image_grid(
+    images: Sequence[Image.Image], titles: Sequence[str], cols: int = 4, suptitle: str = ""
+) -> Figure:
+    """Images with a title each (e.g. the worst errors: true / predicted / confidence)."""
+    n = max(1, len(images))
+    cols = min(cols, n)
+    rows = int(np.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.9 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, img, title in zip(axes.flat, images, titles, strict=False):
+        ax.imshow(img)
+        ax.set_title(title, fontsize=8)
+    if not images:
+        axes[0, 0].text(0.5, 0.5, "no misclassified images", ha="center", va="center")
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def heatmap_figure(
+    images: Sequence[Image.Image],
+    maps: dict[str, Sequence],
+    titles: Sequence[str],
+    explained: str | Sequence[str] | None = None,
+) -> Figure:
+    """One row per image: the image, then one overlay per method (columns)."""
+    from vitft.explain import overlay
+
+    rows, cols = len(images), 1 + len(maps)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.7 * rows), squeeze=False)
+    for r, img in enumerate(images):
+        axes[r, 0].imshow(img)
+        axes[r, 0].set_title(titles[r], fontsize=8)
+        for c, (method, per_image) in enumerate(maps.items(), start=1):
+            axes[r, c].imshow(overlay(img, np.asarray(per_image[r])))
+            what = explained if isinstance(explained, str) or explained is None else explained[r]
+            suffix = f" ({what})" if what and method == "gradcam" else ""
+            if not np.asarray(per_image[r]).any():
+                suffix += ": empty (no positive evidence)"  # ReLU'd Grad-CAM, not a bug
+            axes[r, c].set_title(f"{method}{suffix}", fontsize=8)
+        for ax in axes[r]:
+            ax.axis("off")
+    fig.tight_layout()
+    return fig
