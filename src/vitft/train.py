@@ -20,6 +20,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from vitft import tracking
+from vitft.data import doctor
 from vitft.data.datamodule import FolderDataModule
 from vitft.data.folder import scan_dataset
 from vitft.data.transforms import processor_facts
@@ -64,6 +65,7 @@ def _start_fresh(output_dir: Path) -> None:
         )
     (output_dir / "metrics.csv").unlink(missing_ok=True)
     (output_dir / tracking.RUN_ID_FILE).unlink(missing_ok=True)
+    (output_dir / "load_failures.tsv").unlink(missing_ok=True)
 
 
 def resolve_class_weights(spec: Any, counts: torch.Tensor) -> list[float] | None:
@@ -101,6 +103,9 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     splits = scan_dataset(
         data.data_dir, data.classes, data.val_fraction, data.test_fraction, data.split_seed
     )
+    splits = doctor.screen(
+        splits, data.get("on_bad_file", "skip"), data.get("check", "header"), output_dir
+    )
     log.info("dataset %s\n%s", splits.root, splits.summary())
 
     model, processor = build_model(cfg.model, cfg.head, splits.classes)
@@ -114,6 +119,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         num_workers=data.num_workers,
         pin_memory=data.pin_memory,
         persistent_workers=data.persistent_workers,
+        failures_file=output_dir / "load_failures.tsv",
     )
     class_weights = resolve_class_weights(
         cfg.loss.get("class_weights"), datamodule.train_label_counts()
