@@ -19,7 +19,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from vitft import tracking
+from vitft import checkpoints, tracking
 from vitft.data import doctor
 from vitft.data.datamodule import FolderDataModule
 from vitft.data.folder import scan_dataset
@@ -47,11 +47,11 @@ def resolve_ckpt_path(cfg: DictConfig, output_dir: Path) -> str | None:
         return None
     if resume != "auto":
         raise VitftError(f"resume={resume!r} is unknown; use resume=auto or leave it unset")
-    last = output_dir / LAST_CKPT
-    if last.is_file():
-        log.info("resume=auto: continuing from %s", last)
-        return str(last)
-    log.info("resume=auto: no %s yet, starting fresh", last)
+    newest = checkpoints.newest_checkpoint(output_dir)
+    if newest:
+        log.info("resume=auto: continuing from %s", newest)
+        return str(newest)
+    log.info("resume=auto: no checkpoint in %s yet, starting fresh", output_dir)
     return None
 
 
@@ -63,6 +63,9 @@ def _start_fresh(output_dir: Path) -> None:
             "(use resume=auto to continue that run instead)",
             output_dir,
         )
+    for old in checkpoints.candidates(output_dir):  # else resume=auto could pick them up later
+        if old.name != LAST_CKPT.name:
+            old.unlink()
     (output_dir / "metrics.csv").unlink(missing_ok=True)
     (output_dir / tracking.RUN_ID_FILE).unlink(missing_ok=True)
     (output_dir / "load_failures.tsv").unlink(missing_ok=True)
@@ -107,6 +110,8 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         splits, data.get("on_bad_file", "skip"), data.get("check", "header"), output_dir
     )
     log.info("dataset %s\n%s", splits.root, splits.summary())
+    if ckpt_path:
+        checkpoints.check_labels(ckpt_path, splits.classes)
 
     model, processor = build_model(cfg.model, cfg.head, splits.classes)
     freeze = build_freeze(cfg.freeze, model)
@@ -141,10 +146,15 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     )
     callbacks: list[Callback] = [freeze, *_instantiate_all(cfg.get("callbacks"))]
     loggers = tracking.build_loggers(cfg.get("logger"), output_dir, rid, resolved)
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer: L.Trainer = instantiate(
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=loggers or False,
+        plugins=[checkpoints.AtomicCheckpointIO()],
+    )
 
     if cfg.get("train", True):
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     elif ckpt_path:
         module.load_state_dict(torch.load(ckpt_path, weights_only=True)["state_dict"])
 
