@@ -54,6 +54,24 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             os.close(fd)
 
 
+class LastCheckpoint(ModelCheckpoint):
+    """``checkpoints/last.ckpt`` after every epoch's validation, whatever the monitored metric did.
+
+    (Lightning 2.6's ``ModelCheckpoint(save_last=True)`` only rewrites last.ckpt in a step where
+    it also saved a top-k checkpoint, so with ``monitor`` set, last.ckpt stops at the best epoch.)
+    """
+
+    def __init__(self, dirpath: str | Path):
+        super().__init__(
+            dirpath=dirpath,
+            filename="last",
+            save_top_k=1,
+            every_n_epochs=1,
+            save_last=False,
+            enable_version_counter=False,
+        )
+
+
 class StepCheckpoint(ModelCheckpoint):
     """``checkpoints/step.ckpt`` every N optimizer steps (mid-epoch preemption); inert when null."""
 

@@ -125,6 +125,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         pin_memory=data.pin_memory,
         persistent_workers=data.persistent_workers,
         failures_file=output_dir / "load_failures.tsv",
+        seed=cfg.seed,
     )
     class_weights = resolve_class_weights(
         cfg.loss.get("class_weights"), datamodule.train_label_counts()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from vitft.data.folder import DatasetSplits, Sample
 from vitft.data.images import load_image
@@ -61,6 +61,28 @@ class ImageDataset(Dataset):
             raise
 
 
+class EpochShuffle(Sampler[int]):
+    """A shuffled order that depends only on (seed, epoch).
+
+    Lightning calls ``set_epoch`` before every epoch, so a run resumed at an epoch boundary sees
+    the same order as the same run never interrupted (a plain ``shuffle=True`` draws from the
+    global RNG, which checkpoints don't restore).
+    """
+
+    def __init__(self, n: int, seed: int = 0):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+
 class FolderDataModule(L.LightningDataModule):
     def __init__(
         self,
@@ -73,6 +95,7 @@ class FolderDataModule(L.LightningDataModule):
         pin_memory: bool = False,
         persistent_workers: bool = False,
         failures_file: str | Path | None = None,
+        seed: int = 0,
     ):
         super().__init__()
         self.splits = splits
@@ -87,6 +110,7 @@ class FolderDataModule(L.LightningDataModule):
         self.train_transform = ImageTransform(processor, augment)
         self.eval_transform = ImageTransform(processor, None)
         self.failures_file = failures_file
+        self.seed = seed
 
     def dataset(self, split: str) -> ImageDataset:
         transform = self.train_transform if split == "train" else self.eval_transform
@@ -97,9 +121,9 @@ class FolderDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         size = self.batch_size if split == "train" else self.eval_batch_size
-        return DataLoader(
-            self.dataset(split), batch_size=size, shuffle=shuffle, **self.loader_kwargs
-        )
+        dataset = self.dataset(split)
+        sampler = EpochShuffle(len(dataset), self.seed) if shuffle else None
+        return DataLoader(dataset, batch_size=size, sampler=sampler, **self.loader_kwargs)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
