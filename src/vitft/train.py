@@ -19,7 +19,8 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from vitft import tracking
+from vitft import checkpoints, tracking
+from vitft.data import doctor
 from vitft.data.datamodule import FolderDataModule
 from vitft.data.folder import scan_dataset
 from vitft.data.transforms import processor_facts
@@ -46,11 +47,11 @@ def resolve_ckpt_path(cfg: DictConfig, output_dir: Path) -> str | None:
         return None
     if resume != "auto":
         raise VitftError(f"resume={resume!r} is unknown; use resume=auto or leave it unset")
-    last = output_dir / LAST_CKPT
-    if last.is_file():
-        log.info("resume=auto: continuing from %s", last)
-        return str(last)
-    log.info("resume=auto: no %s yet, starting fresh", last)
+    newest = checkpoints.newest_checkpoint(output_dir)
+    if newest:
+        log.info("resume=auto: continuing from %s", newest)
+        return str(newest)
+    log.info("resume=auto: no checkpoint in %s yet, starting fresh", output_dir)
     return None
 
 
@@ -62,8 +63,12 @@ def _start_fresh(output_dir: Path) -> None:
             "(use resume=auto to continue that run instead)",
             output_dir,
         )
+    for old in checkpoints.candidates(output_dir):  # else resume=auto could pick them up later
+        if old.name != LAST_CKPT.name:
+            old.unlink()
     (output_dir / "metrics.csv").unlink(missing_ok=True)
     (output_dir / tracking.RUN_ID_FILE).unlink(missing_ok=True)
+    (output_dir / "load_failures.tsv").unlink(missing_ok=True)
 
 
 def resolve_class_weights(spec: Any, counts: torch.Tensor) -> list[float] | None:
@@ -101,7 +106,12 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     splits = scan_dataset(
         data.data_dir, data.classes, data.val_fraction, data.test_fraction, data.split_seed
     )
+    splits = doctor.screen(
+        splits, data.get("on_bad_file", "skip"), data.get("check", "header"), output_dir
+    )
     log.info("dataset %s\n%s", splits.root, splits.summary())
+    if ckpt_path:
+        checkpoints.check_labels(ckpt_path, splits.classes)
 
     model, processor = build_model(cfg.model, cfg.head, splits.classes)
     freeze = build_freeze(cfg.freeze, model)
@@ -114,6 +124,8 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         num_workers=data.num_workers,
         pin_memory=data.pin_memory,
         persistent_workers=data.persistent_workers,
+        failures_file=output_dir / "load_failures.tsv",
+        seed=cfg.seed,
     )
     class_weights = resolve_class_weights(
         cfg.loss.get("class_weights"), datamodule.train_label_counts()
@@ -139,10 +151,15 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
 
         callbacks.append(EMAWeightAveraging(decay=float(cfg.ema_decay)))
     loggers = tracking.build_loggers(cfg.get("logger"), output_dir, rid, resolved)
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer: L.Trainer = instantiate(
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=loggers or False,
+        plugins=[checkpoints.AtomicCheckpointIO()],
+    )
 
     if cfg.get("train", True):
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     elif ckpt_path:
         module.load_state_dict(torch.load(ckpt_path, weights_only=True)["state_dict"])
 

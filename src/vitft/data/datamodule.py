@@ -2,28 +2,85 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
+from pathlib import Path
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from vitft.data.folder import DatasetSplits, Sample
 from vitft.data.images import load_image
 from vitft.data.transforms import ImageTransform
 
+log = logging.getLogger(__name__)
+
 
 class ImageDataset(Dataset):
-    def __init__(self, samples: list[Sample], transform: Callable):
+    """``(pixel_values, label)`` per sample.
+
+    A file that fails to load mid-run (deleted, overwritten, a flaky network share) never kills
+    an epoch: the next sample of the same class is used instead, and the failure is logged and
+    appended to ``failures_file`` (one line per failure; works from dataloader workers too).
+    """
+
+    def __init__(
+        self, samples: list[Sample], transform: Callable, failures_file: str | Path | None = None
+    ):
         self.samples = samples
         self.transform = transform
+        self.failures_file = failures_file
 
     def __len__(self) -> int:
         return len(self.samples)
 
+    def _record(self, path: Path, err: Exception, used: Path) -> None:
+        msg = f"{path}\t{type(err).__name__}: {err}\tused {used} instead"
+        log.warning("could not load %s (%s); using %s instead", path, err, used)
+        if self.failures_file:
+            with open(self.failures_file, "a") as f:
+                f.write(msg + "\n")
+
     def __getitem__(self, idx: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[idx]
-        return self.transform(load_image(path)), label
+        try:
+            return self.transform(load_image(path)), label
+        except (OSError, SyntaxError, ValueError) as err:
+            n = len(self.samples)
+            for k in range(1, n):
+                other, other_label = self.samples[(idx + k) % n]
+                if other_label != label:
+                    continue
+                try:
+                    item = self.transform(load_image(other)), label
+                except (OSError, SyntaxError, ValueError):
+                    continue
+                self._record(path, err, other)
+                return item
+            raise
+
+
+class EpochShuffle(Sampler[int]):
+    """A shuffled order that depends only on (seed, epoch).
+
+    Lightning calls ``set_epoch`` before every epoch, so a run resumed at an epoch boundary sees
+    the same order as the same run never interrupted (a plain ``shuffle=True`` draws from the
+    global RNG, which checkpoints don't restore).
+    """
+
+    def __init__(self, n: int, seed: int = 0):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
 
 
 class FolderDataModule(L.LightningDataModule):
@@ -37,6 +94,8 @@ class FolderDataModule(L.LightningDataModule):
         num_workers: int = 0,
         pin_memory: bool = False,
         persistent_workers: bool = False,
+        failures_file: str | Path | None = None,
+        seed: int = 0,
     ):
         super().__init__()
         self.splits = splits
@@ -50,19 +109,21 @@ class FolderDataModule(L.LightningDataModule):
         }
         self.train_transform = ImageTransform(processor, augment)
         self.eval_transform = ImageTransform(processor, None)
+        self.failures_file = failures_file
+        self.seed = seed
 
     def dataset(self, split: str) -> ImageDataset:
         transform = self.train_transform if split == "train" else self.eval_transform
-        return ImageDataset(self.splits.split(split), transform)
+        return ImageDataset(self.splits.split(split), transform, self.failures_file)
 
     def train_label_counts(self) -> torch.Tensor:
         return torch.tensor(list(self.splits.counts("train").values()), dtype=torch.float)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         size = self.batch_size if split == "train" else self.eval_batch_size
-        return DataLoader(
-            self.dataset(split), batch_size=size, shuffle=shuffle, **self.loader_kwargs
-        )
+        dataset = self.dataset(split)
+        sampler = EpochShuffle(len(dataset), self.seed) if shuffle else None
+        return DataLoader(dataset, batch_size=size, sampler=sampler, **self.loader_kwargs)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,20 @@ def default_image_processor(config: transformers.PretrainedConfig):
     )
 
 
+def check_image_size(config: transformers.PretrainedConfig) -> None:
+    """A patch model needs an image size that is a whole number of patches (and at least one)."""
+    size, patch = getattr(config, "image_size", None), getattr(config, "patch_size", None)
+    if not isinstance(size, int) or not isinstance(patch, int):
+        return
+    if size < patch or size % patch:
+        fits = sorted({max(patch, size // patch * patch), (size // patch + 1) * patch})
+        raise VitftError(
+            f"model.config.image_size={size} does not fit patch_size={patch}: the image must be "
+            f"a whole number of {patch}x{patch} patches. Use model.config.image_size="
+            f"{' or '.join(map(str, fits))}"
+        )
+
+
 def load_backbone(model_cfg: dict, labels: list[str]) -> tuple[PreTrainedModel, Any]:
     """HF image classifier with ``len(labels)`` outputs, plus its image processor.
 
@@ -126,6 +141,12 @@ def load_backbone(model_cfg: dict, labels: list[str]) -> tuple[PreTrainedModel, 
                 source, ignore_mismatched_sizes=True, **_label_kwargs(labels), **extra
             )
             processor = AutoImageProcessor.from_pretrained(source)
+        except pickle.UnpicklingError as err:
+            raise VitftError(
+                f"refused to load model.pretrained={source!r}: its weights are a pickle that would "
+                "run code (torch.load weights_only=True rejected it). Use a safetensors copy "
+                "(save_pretrained(..., safe_serialization=True))"
+            ) from err
         except OSError as err:
             if local.exists():
                 raise VitftError(f"could not load model.pretrained={source!r}: {err}") from err
@@ -143,6 +164,7 @@ def load_backbone(model_cfg: dict, labels: list[str]) -> tuple[PreTrainedModel, 
         if not hf_config.architectures:
             # Auto classes with two heads per type (DeiT, LeViT) need the architecture named.
             hf_config.architectures = [_classifier_class_name(model_type)]
+        check_image_size(hf_config)
         model = AutoModelForImageClassification.from_config(hf_config)
         return model, default_image_processor(hf_config)
     raise VitftError(

@@ -1,0 +1,143 @@
+"""Checkpoints that survive kills: atomic writes, safe reads, and which one resume=auto picks.
+
+- ``AtomicCheckpointIO``: every checkpoint is written to a temp file in the same directory,
+  fsync'ed, then ``os.replace``d over the old one, so ``last.ckpt`` is always either the old or
+  the new complete file. (Lightning's own ``_atomic_save`` writes the temp file with
+  ``tempfile.mkstemp()`` in /tmp and ``shutil.move``s it: when /tmp is another filesystem, as on
+  most clusters, that move is a plain copy into ``last.ckpt`` and a kill mid-copy truncates it.)
+- ``read_checkpoint``: ``torch.load(weights_only=True)`` only; a checkpoint that would need to run
+  code (a pickle with globals) is refused with a VitftError, as is a truncated one.
+- ``newest_checkpoint``: what ``resume=auto`` continues from: the complete checkpoint with the
+  highest global step among ``checkpoints/last.ckpt``, ``checkpoints/step.ckpt`` and Lightning's
+  SLURM ``hpc_ckpt_*.ckpt``; none on a first run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from vitft.errors import VitftError
+
+log = logging.getLogger(__name__)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """TorchCheckpointIO whose writes are temp file + fsync + os.replace in the same directory."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None
+    ) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        # Make the rename itself durable (a power cut right after must not lose it).
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """``checkpoints/last.ckpt`` after every epoch's validation, whatever the monitored metric did.
+
+    (Lightning 2.6's ``ModelCheckpoint(save_last=True)`` only rewrites last.ckpt in a step where
+    it also saved a top-k checkpoint, so with ``monitor`` set, last.ckpt stops at the best epoch.)
+    """
+
+    def __init__(self, dirpath: str | Path):
+        super().__init__(
+            dirpath=dirpath,
+            filename="last",
+            save_top_k=1,
+            every_n_epochs=1,
+            save_last=False,
+            enable_version_counter=False,
+        )
+
+
+class StepCheckpoint(ModelCheckpoint):
+    """``checkpoints/step.ckpt`` every N optimizer steps (mid-epoch preemption); inert when null."""
+
+    def __init__(self, dirpath: str | Path, every_n_train_steps: int | None = None):
+        n = int(every_n_train_steps or 0)
+        super().__init__(
+            dirpath=dirpath,
+            filename="step",
+            every_n_train_steps=n or None,
+            every_n_epochs=None if n else 0,
+            save_top_k=1 if n else 0,
+            save_last=False,
+            enable_version_counter=False,
+        )
+
+
+def read_checkpoint(path: str | Path, mmap: bool = True) -> dict:
+    """A checkpoint via ``torch.load(weights_only=True)``: tensors and plain data only."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as err:
+        raise VitftError(
+            f"refused to load {path}: it contains pickled objects that would run code when "
+            "loaded (torch.load weights_only=True rejected it). Only load checkpoints you made; "
+            f"vitft never unpickles arbitrary objects. ({str(err).splitlines()[0]})"
+        ) from err
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise VitftError(
+            f"{path} is not a readable checkpoint (truncated or not a torch checkpoint): "
+            f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        ) from err
+
+
+def check_labels(path: str | Path, classes: list[str]) -> None:
+    """A checkpoint trained on other classes can't continue on this data: say which differ."""
+    labels = read_checkpoint(path).get("vitft", {}).get("labels")
+    if labels is None or list(labels) == list(classes):
+        return
+    if len(labels) != len(classes):
+        what = f"{len(labels)} classes {labels}, the data has {len(classes)}: {classes}"
+    else:
+        what = f"classes {labels}, the data has {classes}"
+    raise VitftError(
+        f"checkpoint {path} was trained on {what}. Point task.data_dir at the data it was "
+        "trained on (or task.classes in the same order), or start a new run without "
+        "ckpt_path/resume (a different run_name) to train on these classes"
+    )
+
+
+def candidates(output_dir: str | Path) -> list[Path]:
+    out = Path(output_dir)
+    found = [out / "checkpoints" / "last.ckpt", out / "checkpoints" / "step.ckpt"]
+    found += sorted(out.glob("hpc_ckpt_*.ckpt"))
+    return [p for p in found if p.is_file()]
+
+
+def newest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The complete checkpoint with the most training done (global step, then mtime)."""
+    best: tuple[tuple[int, float], Path] | None = None
+    for path in candidates(output_dir):
+        try:
+            step = int(read_checkpoint(path).get("global_step", -1))
+        except VitftError as err:
+            log.warning("resume=auto: skipping %s: %s", path, err)
+            continue
+        key = (step, path.stat().st_mtime)
+        if best is None or key > best[0]:
+            best = (key, path)
+    return best[1] if best else None
