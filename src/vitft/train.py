@@ -20,6 +20,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from vitft import tracking
+from vitft.cache import FeatureDataModule, build_cache, use_cache
 from vitft.data.datamodule import FolderDataModule
 from vitft.data.folder import scan_dataset
 from vitft.data.transforms import processor_facts
@@ -105,9 +106,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
 
     model, processor = build_model(cfg.model, cfg.head, splits.classes)
     freeze = build_freeze(cfg.freeze, model)
-    datamodule = FolderDataModule(
-        splits,
-        processor,
+    loader_kwargs = dict(
         augment=data.augment,
         batch_size=data.batch_size,
         eval_batch_size=data.eval_batch_size,
@@ -115,6 +114,11 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         pin_memory=data.pin_memory,
         persistent_workers=data.persistent_workers,
     )
+    if use_cache(cfg.get("cache"), cfg.freeze):
+        cache = build_cache(cfg.cache, model, processor, data)
+        datamodule = FeatureDataModule(splits, processor, cache, **loader_kwargs)
+    else:
+        datamodule = FolderDataModule(splits, processor, **loader_kwargs)
     class_weights = resolve_class_weights(
         cfg.loss.get("class_weights"), datamodule.train_label_counts()
     )
