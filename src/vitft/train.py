@@ -20,6 +20,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from vitft import tracking
+from vitft.batch_size import AUTO, initial_batch_size, tune_batch_size
 from vitft.cache import FeatureDataModule, build_cache, use_cache
 from vitft.data.datamodule import FolderDataModule
 from vitft.data.folder import scan_dataset
@@ -108,8 +109,8 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     freeze = build_freeze(cfg.freeze, model)
     loader_kwargs = dict(
         augment=data.augment,
-        batch_size=data.batch_size,
-        eval_batch_size=data.eval_batch_size,
+        batch_size=initial_batch_size(data.batch_size),
+        eval_batch_size=None if data.eval_batch_size == AUTO else data.eval_batch_size,
         num_workers=data.num_workers,
         pin_memory=data.pin_memory,
         persistent_workers=data.persistent_workers,
@@ -141,6 +142,8 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     loggers = tracking.build_loggers(cfg.get("logger"), output_dir, rid, resolved)
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
+    if data.batch_size == AUTO and cfg.get("train", True) and not ckpt_path:
+        tune_batch_size(trainer, module, datamodule, data.get("max_batch_size", 256))
     if cfg.get("train", True):
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     elif ckpt_path:
