@@ -84,6 +84,7 @@ def fit(
     finally:
         vt._instantiate_all = original
     dm = objects["datamodule"]
+    print(f"{tag}: epochs {[round(t, 3) for t in timer.times]} total {total:.1f}s", flush=True)
     build = sum(c.seconds for c in getattr(dm, "cached", {}).values())
     hits = [c.hit for c in getattr(dm, "cached", {}).values()]
     return {
