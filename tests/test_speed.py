@@ -3,6 +3,8 @@ Budget: ~30 s. (Their speed and memory figures come from benchmarks/, not from t
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -29,6 +31,7 @@ def test_batch_size_auto_is_tuned_and_capped(tmp_path):
     _, objects = train(cfg)
     dm = objects["datamodule"]
     assert dm.batch_size == 4 and dm.eval_batch_size == 4
+    assert json.loads((tmp_path / "run" / "batch_size.json").read_text()) == {"batch_size": 4}
     with pytest.raises(VitftError, match="data.batch_size"):
         initial_batch_size("big")
 
@@ -59,3 +62,14 @@ def test_mixed_precision_trains_on_cpu(tmp_path, tiny_data, precision):
     cfg = make_cfg(tmp_path / "run", tiny_data, f"trainer.precision={precision}", "debug=fdr")
     metrics, _ = train(cfg)
     assert 0.0 <= metrics["test/acc"] <= 1.0
+
+
+def test_batch_size_auto_resume_reuses_the_found_size(tmp_path):
+    from types import SimpleNamespace
+
+    from vitft.batch_size import auto_batch_size
+
+    (tmp_path / "batch_size.json").write_text(json.dumps({"batch_size": 64}))
+    dm = SimpleNamespace(batch_size=2, eval_batch_size=2)
+    assert auto_batch_size(None, None, dm, 256, tmp_path, resuming=True) == 64
+    assert dm.batch_size == 64 and dm.eval_batch_size == 64

@@ -8,7 +8,9 @@ the search stops at ``data.max_batch_size``: set it to what your machine holds.
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -19,6 +21,8 @@ log = logging.getLogger(__name__)
 
 AUTO = "auto"
 START = 2
+# The size found, kept in the run dir so that a resumed run continues with the same batches.
+FOUND_FILE = "batch_size.json"
 
 
 def initial_batch_size(batch_size: Any) -> int:
@@ -57,3 +61,27 @@ def tune_batch_size(
         datamodule.eval_batch_size = int(found)
     log.info("data.batch_size=auto: using batch size %d", found)
     return int(found)
+
+
+def auto_batch_size(
+    trainer: L.Trainer,
+    module: L.LightningModule,
+    datamodule: Any,
+    max_batch_size: int,
+    output_dir: Path,
+    resuming: bool,
+) -> int:
+    """Tune once per run; a resumed run reuses the size its first start found."""
+    found_file = Path(output_dir) / FOUND_FILE
+    if resuming and found_file.is_file():
+        size = int(json.loads(found_file.read_text())["batch_size"])
+        follow_eval = datamodule.eval_batch_size == datamodule.batch_size
+        datamodule.batch_size = size
+        if follow_eval:
+            datamodule.eval_batch_size = size
+        log.info("data.batch_size=auto: resuming with the batch size found before, %d", size)
+        return size
+    size = tune_batch_size(trainer, module, datamodule, max_batch_size)
+    if trainer.is_global_zero:
+        found_file.write_text(json.dumps({"batch_size": size}))
+    return size

@@ -20,7 +20,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from vitft import tracking
-from vitft.batch_size import AUTO, initial_batch_size, tune_batch_size
+from vitft.batch_size import AUTO, auto_batch_size, initial_batch_size
 from vitft.cache import FeatureDataModule, build_cache, use_cache
 from vitft.data.datamodule import FolderDataModule
 from vitft.data.folder import scan_dataset
@@ -142,8 +142,9 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     loggers = tracking.build_loggers(cfg.get("logger"), output_dir, rid, resolved)
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
-    if data.batch_size == AUTO and cfg.get("train", True) and not ckpt_path:
-        tune_batch_size(trainer, module, datamodule, data.get("max_batch_size", 256))
+    if data.batch_size == AUTO and cfg.get("train", True):
+        max_size = data.get("max_batch_size", 256)
+        auto_batch_size(trainer, module, datamodule, max_size, output_dir, bool(ckpt_path))
     if cfg.get("train", True):
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     elif ckpt_path:
