@@ -69,4 +69,6 @@ def make_cfg(output_dir: Path, data_dir: Path | None, *overrides: str) -> DictCo
         cfg = compose("train", overrides=[*base, *overrides])
     with open_dict(cfg):
         cfg.paths.output_dir = str(output_dir)
+        # Feature caches of tests stay in the test's tmp dir, never in the repo.
+        cfg.cache.dir = str(Path(output_dir).parent / "feature_cache")
     return cfg

@@ -131,6 +131,9 @@ class ClassifierModule(L.LightningModule):
         return self.model.labels
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        # 2-d batches are cached backbone features (vitft.cache): only the head runs.
+        if pixel_values.ndim == 2:
+            return self.model.head(pixel_values)
         return self.model(pixel_values)
 
     def _step(self, batch, stage: str) -> torch.Tensor:

@@ -20,6 +20,8 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from vitft import checkpoints, tracking
+from vitft.batch_size import AUTO, auto_batch_size, initial_batch_size
+from vitft.cache import FeatureDataModule, build_cache, use_cache
 from vitft.data import doctor
 from vitft.data.datamodule import FolderDataModule
 from vitft.data.folder import scan_dataset
@@ -115,18 +117,21 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
 
     model, processor = build_model(cfg.model, cfg.head, splits.classes)
     freeze = build_freeze(cfg.freeze, model)
-    datamodule = FolderDataModule(
-        splits,
-        processor,
+    loader_kwargs = dict(
         augment=data.augment,
-        batch_size=data.batch_size,
-        eval_batch_size=data.eval_batch_size,
+        batch_size=initial_batch_size(data.batch_size),
+        eval_batch_size=None if data.eval_batch_size == AUTO else data.eval_batch_size,
         num_workers=data.num_workers,
         pin_memory=data.pin_memory,
         persistent_workers=data.persistent_workers,
         failures_file=output_dir / "load_failures.tsv",
         seed=cfg.seed,
     )
+    if use_cache(cfg.get("cache"), cfg.freeze):
+        cache = build_cache(cfg.cache, model, processor, data)
+        datamodule = FeatureDataModule(splits, processor, cache, **loader_kwargs)
+    else:
+        datamodule = FolderDataModule(splits, processor, **loader_kwargs)
     class_weights = resolve_class_weights(
         cfg.loss.get("class_weights"), datamodule.train_label_counts()
     )
@@ -158,6 +163,9 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         plugins=[checkpoints.AtomicCheckpointIO()],
     )
 
+    if data.batch_size == AUTO and cfg.get("train", True):
+        max_size = data.get("max_batch_size", 256)
+        auto_batch_size(trainer, module, datamodule, max_size, output_dir, bool(ckpt_path))
     if cfg.get("train", True):
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     elif ckpt_path:

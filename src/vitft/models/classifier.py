@@ -56,4 +56,11 @@ class ImageClassifier(nn.Module):
 def build_model(model_cfg: dict, head_cfg: dict, labels: list[str]) -> tuple[ImageClassifier, Any]:
     """Backbone (hub, local dir or config) + head for ``labels``; returns (model, processor)."""
     hf_model, processor = load_backbone(model_cfg, labels)
-    return ImageClassifier.from_hf(hf_model, head_cfg), processor
+    if model_cfg.get("gradient_checkpointing"):
+        # Recompute each block's activations in backward instead of keeping them (less memory,
+        # one extra forward). No effect on frozen blocks, which keep no activations anyway.
+        hf_model.activation_checkpointing_enable()
+    model = ImageClassifier.from_hf(hf_model, head_cfg)
+    if model_cfg.get("compile"):
+        model.compile()  # in place: parameter names (checkpoints, export) stay the same
+    return model, processor
