@@ -54,6 +54,9 @@ def _onnxruntime(folder: Path, meta: dict, threads: int | None) -> Predict:
     if threads:
         opts.intra_op_num_threads = int(threads)
         opts.inter_op_num_threads = 1
+    # Idle ORT threads otherwise busy-wait after each run and starve other work on the same
+    # cores (another model, the camera loop, or the other formats in benchmark.py).
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(
         str(folder / meta["file"]), opts, providers=["CPUExecutionProvider"]
     )
