@@ -1,4 +1,4 @@
-"""Prune attention heads: python prune.py model_dir=outputs/<run>/model heads=3 (conf/prune.yaml)."""
+"""Prune attention heads: python prune.py model_dir=outputs/<run>/model heads=3."""
 
 import hydra
 from omegaconf import DictConfig

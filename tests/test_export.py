@@ -36,7 +36,7 @@ def make_model_dir(root: Path, config: dict | None = None) -> Path:
     import torch
 
     torch.manual_seed(0)
-    model, processor = build_model({"config": config or TINY}, {"name": "linear"}, list(CLASSES))
+    model, processor = build_model({"config": config or TINY}, {"name": "linear"}, sorted(CLASSES))
     # A confident head keeps top-1 stable under int8 noise, as a trained model's would be.
     with torch.no_grad():
         model.head.fc.weight.mul_(20)
@@ -68,7 +68,7 @@ def test_onnx_and_int8_formats_reload_and_agree(model_dir, tiny_data):
     x = np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype(np.float32)
     for fmt in formats:
         meta = read_metadata(out / fmt)
-        assert META_KEYS <= meta.keys() and meta["labels"] == list(CLASSES)
+        assert META_KEYS <= meta.keys() and meta["labels"] == sorted(CLASSES)
         assert meta["image_size"] == [32, 32] and meta["format"] == fmt
         par = json.loads((out / fmt / "parity.json").read_text())
         assert par["images"] == 9 and par["agreement"] >= par["threshold"]

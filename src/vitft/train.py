@@ -23,6 +23,7 @@ from vitft import tracking
 from vitft.data.datamodule import FolderDataModule
 from vitft.data.folder import scan_dataset
 from vitft.data.transforms import processor_facts
+from vitft.distill import load_teacher
 from vitft.errors import VitftError
 from vitft.export.hf import save_hf
 from vitft.freeze import build_freeze
@@ -132,6 +133,8 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         class_weights=class_weights,
         processor=json.loads(processor.to_json_string()),
         wandb_id=rid,
+        distill=cfg.get("distill"),
+        teacher=load_teacher(cfg.get("distill"), splits.classes, processor),
     )
     callbacks: list[Callback] = [freeze, *_instantiate_all(cfg.get("callbacks"))]
     loggers = tracking.build_loggers(cfg.get("logger"), output_dir, rid, resolved)

@@ -56,4 +56,10 @@ class ImageClassifier(nn.Module):
 def build_model(model_cfg: dict, head_cfg: dict, labels: list[str]) -> tuple[ImageClassifier, Any]:
     """Backbone (hub, local dir or config) + head for ``labels``; returns (model, processor)."""
     hf_model, processor = load_backbone(model_cfg, labels)
-    return ImageClassifier.from_hf(hf_model, head_cfg), processor
+    model = ImageClassifier.from_hf(hf_model, head_cfg)
+    if model_cfg.get("image_size"):
+        # Train at another resolution: position embeddings interpolated to the new grid.
+        from vitft.models.resolution import set_image_size
+
+        set_image_size(model, processor, int(model_cfg["image_size"]))
+    return model, processor
