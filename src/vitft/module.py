@@ -16,6 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from vitft.distill import kd_loss
 from vitft.metrics import build_confusion, build_metrics, flatten
 from vitft.models.backbone import backbone_parts
 from vitft.models.classifier import ImageClassifier
@@ -96,6 +97,8 @@ class ClassifierModule(L.LightningModule):
         class_weights: list[float] | None = None,
         processor: dict | None = None,
         wandb_id: str | None = None,
+        distill: dict | None = None,
+        teacher: Any = None,
     ):
         super().__init__()
         self.save_hyperparameters(
@@ -109,6 +112,9 @@ class ClassifierModule(L.LightningModule):
         self.model = model
         self.processor = processor or {}
         self.wandb_id = wandb_id
+        # Knowledge distillation (vitft.distill): a frozen teacher, kept out of the state dict.
+        self.teacher = teacher
+        self.distill = _plain(distill) or {}
         self.param_counts: dict[str, int] = {}
         loss = self.hparams.loss
         weight = torch.tensor(class_weights, dtype=torch.float) if class_weights else None
@@ -144,6 +150,11 @@ class ClassifierModule(L.LightningModule):
             y = target.argmax(dim=-1)
         logits = self(x)
         loss = self.criterion(logits, target)
+        if stage == "train" and self.teacher is not None:
+            soft = kd_loss(logits, self.teacher(x), self.distill["temperature"])
+            weight = float(self.distill["weight"])
+            self.log("train/kd_loss", soft, on_step=False, on_epoch=True, batch_size=len(y))
+            loss = (1 - weight) * loss + weight * soft
         preds = logits.argmax(dim=-1)
         getattr(self, f"{stage}_metrics").update(preds, y)
         if stage != "train":

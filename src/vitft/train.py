@@ -26,6 +26,7 @@ from vitft.data import doctor
 from vitft.data.datamodule import FolderDataModule
 from vitft.data.folder import scan_dataset
 from vitft.data.transforms import processor_facts
+from vitft.distill import load_teacher
 from vitft.errors import VitftError
 from vitft.export.hf import save_hf
 from vitft.freeze import build_freeze
@@ -149,6 +150,8 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         class_weights=class_weights,
         processor=json.loads(processor.to_json_string()),
         wandb_id=rid,
+        distill=cfg.get("distill"),
+        teacher=load_teacher(cfg.get("distill"), splits.classes, processor),
     )
     callbacks: list[Callback] = [freeze, *_instantiate_all(cfg.get("callbacks"))]
     if cfg.get("ema_decay"):

@@ -26,6 +26,7 @@ from transformers import (
 from transformers.modeling_outputs import ImageClassifierOutput
 
 from vitft.errors import VitftError
+from vitft.export.prune import apply_pruned_structure, load_pruned
 from vitft.models.backbone import classifier_in_features
 from vitft.models.classifier import ImageClassifier
 from vitft.models.heads import LinearHead, build_head
@@ -57,6 +58,7 @@ class VitftForImageClassification(PreTrainedModel):
         backbone_cfg = dict(config.backbone)
         backbone_config = AutoConfig.for_model(backbone_cfg.pop("model_type"), **backbone_cfg)
         self.backbone = AutoModelForImageClassification.from_config(backbone_config)
+        apply_pruned_structure(self.backbone)  # a head-pruned backbone (vitft.export.prune)
         in_features = classifier_in_features(self.backbone)
         self.backbone.classifier = nn.Identity()
         self.head = build_head(config.head, in_features, config.num_labels)
@@ -111,7 +113,7 @@ def load_model(model_dir: str | Path) -> tuple[ImageClassifier, Any]:
             f"{model_dir} is not an HF model directory (no config.json): pass the `model/` folder "
             "of a run, e.g. outputs/<run>/model"
         )
-    hf_model = AutoModelForImageClassification.from_pretrained(model_dir)
+    hf_model = load_pruned(model_dir) or AutoModelForImageClassification.from_pretrained(model_dir)
     processor = AutoImageProcessor.from_pretrained(model_dir)
     if isinstance(hf_model, VitftForImageClassification):
         model = ImageClassifier(hf_model.backbone, hf_model.head, hf_model.config.head)

@@ -137,7 +137,11 @@ def load_backbone(model_cfg: dict, labels: list[str]) -> tuple[PreTrainedModel, 
             )
         source = str(local) if local.exists() else source
         try:
-            model = AutoModelForImageClassification.from_pretrained(
+            from vitft.export.prune import load_pruned  # a head-pruned vitft model dir
+
+            model = (
+                load_pruned(source, **_label_kwargs(labels)) if local.exists() else None
+            ) or AutoModelForImageClassification.from_pretrained(
                 source, ignore_mismatched_sizes=True, **_label_kwargs(labels), **extra
             )
             processor = AutoImageProcessor.from_pretrained(source)

@@ -61,6 +61,11 @@ def build_model(model_cfg: dict, head_cfg: dict, labels: list[str]) -> tuple[Ima
         # one extra forward). No effect on frozen blocks, which keep no activations anyway.
         hf_model.activation_checkpointing_enable()
     model = ImageClassifier.from_hf(hf_model, head_cfg)
+    if model_cfg.get("image_size"):
+        # Train at another resolution: position embeddings interpolated to the new grid.
+        from vitft.models.resolution import set_image_size
+
+        set_image_size(model, processor, int(model_cfg["image_size"]))
     if model_cfg.get("compile"):
         model.compile()  # in place: parameter names (checkpoints, export) stay the same
     return model, processor

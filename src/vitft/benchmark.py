@@ -1,0 +1,243 @@
+"""benchmark(cfg): size, latency, throughput, accuracy and agreement of every export format.
+
+All formats are loaded in one process and timed in alternating rounds (so a busy neighbour on a
+shared CPU slows every format alike); figures are medians over rounds, warm-up excluded.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+from torch.utils.flop_counter import FlopCounterMode
+
+from vitft.errors import VitftError
+from vitft.export.formats import FORMATS, export
+from vitft.export.hf import load_model
+from vitft.export.parity import batched, load_images, parity, run_data_dir
+from vitft.export.runtime import load_exported
+
+log = logging.getLogger(__name__)
+
+COLUMNS = [
+    "format",
+    "status",
+    "size_mb",
+    "size_x",
+    "accuracy",
+    "agreement",
+    "max_abs_diff",
+    "p50_ms",
+    "p90_ms",
+    "speedup",
+    "fps_batch",
+    "params_m",
+    "gflops",
+    "threads",
+]
+
+
+def model_cost(model: torch.nn.Module, image_size: list[int]) -> tuple[float, float]:
+    """(parameters in millions, GFLOPs of one image) of the PyTorch model."""
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    counter = FlopCounterMode(display=False)
+    with counter, torch.inference_mode():
+        model(torch.zeros(1, 3, *image_size))
+    return params, counter.get_total_flops() / 1e9
+
+
+def _file_mb(folder: Path, meta: dict) -> float:
+    if meta["format"] == "pytorch":
+        return sum(p.stat().st_size for p in folder.glob("*.safetensors")) / 1e6
+    return (folder / meta["file"]).stat().st_size / 1e6
+
+
+def _time(predict, x: np.ndarray) -> float:
+    start = time.perf_counter()
+    predict(x)
+    return time.perf_counter() - start
+
+
+def _ensure_exports(cfg: DictConfig, model_dir: Path, export_dir: Path) -> None:
+    missing = [f for f in cfg.formats if cfg.reexport or not (export_dir / f).is_dir()]
+    if not missing:
+        return
+    OmegaConf.resolve(cfg)
+    export_cfg = OmegaConf.create(
+        {
+            "model_dir": str(model_dir),
+            "formats": missing,
+            "output_dir": str(export_dir),
+            "data_dir": cfg.data_dir,
+            "image_size": None,
+            "opset": 18,
+            "calibration_images": cfg.calibration_images,
+            "threads": cfg.threads,
+            "parity": {"split": "val", "threshold": 0.99, "int8_threshold": 0.97, "fail": False},
+        }
+    )
+    export(export_cfg)
+
+
+def benchmark(cfg: DictConfig) -> list[dict]:
+    """Benchmark the model dir and its exports; writes benchmark.csv/.md, returns the rows."""
+    if cfg.device not in ("cpu", "cuda"):
+        raise VitftError(f"device={cfg.device!r}: use cpu or cuda")
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise VitftError("device=cuda but torch sees no CUDA GPU; use device=cpu")
+    unknown = [f for f in cfg.formats if f not in FORMATS]
+    if unknown:
+        raise VitftError(f"formats={unknown} unknown; choose from {sorted(FORMATS)}")
+    model_dir = Path(cfg.model_path).expanduser()
+    export_dir = Path(cfg.export_dir).expanduser()
+    threads = int(cfg.threads) if cfg.threads else torch.get_num_threads()
+    torch.set_num_threads(threads)
+
+    model, processor = load_model(model_dir)
+    data = dict(run_data_dir(model_dir) or {})
+    if cfg.get("data_dir"):
+        data["data_dir"] = cfg.data_dir
+    if not data.get("data_dir"):
+        raise VitftError(
+            f"{model_dir.parent}/config.yaml names no dataset: pass data_dir=/path/to/dataset"
+        )
+    with open_dict(cfg):
+        cfg.data_dir = data["data_dir"]
+    _ensure_exports(cfg, model_dir, export_dir)
+
+    images = load_images(data["data_dir"], model.labels, processor, "val", cfg.get("max_images"))
+    size = list(images.x.shape[2:])
+    params, gflops = model_cost(model, size)
+
+    runners: dict[str, tuple] = {"pytorch": (*load_exported(model_dir, threads), model_dir)}
+    if cfg.device == "cuda":
+        gpu = model.cuda().eval()
+        for name, dtype in (("pytorch_cuda", torch.float32), ("pytorch_cuda_fp16", torch.half)):
+            m = gpu.to(dtype)
+
+            def run_gpu(x, m=m, dtype=dtype):
+                with torch.inference_mode():
+                    out = m(torch.from_numpy(x).cuda().to(dtype)).float().cpu().numpy()
+                torch.cuda.synchronize()
+                return out
+
+            runners[name] = (run_gpu, {"format": "pytorch", "file": ""}, model_dir)
+    for fmt in cfg.formats:
+        predict, meta = load_exported(export_dir / fmt, threads)
+        runners[fmt] = (predict, meta, export_dir / fmt)
+    print(
+        f"benchmark: {len(runners)} formats, {threads} threads, {len(images.y)} val images, "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}"
+    )
+
+    reference = batched(runners["pytorch"][0], images.x)
+    rows = {}
+    for name, (predict, meta, folder) in runners.items():
+        result = parity(reference, batched(predict, images.x), images.y)
+        rows[name] = {
+            "format": name,
+            "status": "ok",
+            "size_mb": _file_mb(folder, meta) if meta.get("file") else float("nan"),
+            "accuracy": result["accuracy"],
+            "agreement": result["agreement"],
+            "max_abs_diff": result["max_abs_diff"],
+            "params_m": params,
+            "gflops": gflops,
+            "threads": threads,
+        }
+        par = folder / "parity.json"
+        if par.is_file() and not json.loads(par.read_text()).get("passed", True):
+            rows[name]["status"] = "parity below threshold"
+        for _ in range(cfg.warmup):
+            predict(images.x[:1])
+
+    one = images.x[:1]
+    big = np.concatenate([images.x] * (cfg.batch_size // len(images.x) + 1))[: cfg.batch_size]
+    lat: dict[str, list[float]] = {n: [] for n in runners}
+    thr: dict[str, list[float]] = {n: [] for n in runners}
+    for r in range(cfg.rounds):
+        order = list(runners) if r % 2 == 0 else list(reversed(runners))
+        for name in order:
+            predict = runners[name][0]
+            lat[name] += [_time(predict, one) for _ in range(cfg.iters)]
+            thr[name].append(cfg.batch_size / _time(predict, big))
+
+    base_mb = rows["pytorch"]["size_mb"]
+    base_p50 = float(np.median(lat["pytorch"])) * 1e3
+    for name, row in rows.items():
+        p50 = float(np.median(lat[name])) * 1e3
+        row.update(
+            p50_ms=p50,
+            p90_ms=float(np.percentile(lat[name], 90)) * 1e3,
+            speedup=base_p50 / p50,
+            size_x=row["size_mb"] / base_mb,
+            fps_batch=float(np.median(thr[name])),
+        )
+    table = list(rows.values())
+    out = Path(cfg.output_dir).expanduser()
+    write_tables(table, out, cfg.batch_size)
+    print(markdown(table, cfg.batch_size))
+    print(f"wrote {out / 'benchmark.csv'} and {out / 'benchmark.md'}")
+    return table
+
+
+def markdown(rows: list[dict], batch_size: int) -> str:
+    head = (
+        "| Format | Status | Size (MB) | Size | Accuracy | Agreement | p50 ms (b=1) | p90 ms | "
+        f"Speed-up | FPS (b={batch_size}) | Params (M) | GFLOPs | Threads |"
+    )
+    lines = [head, "|" + "---|" * 13]
+    for r in rows:
+        lines.append(
+            f"| {r['format']} | {r['status']} | {r['size_mb']:.1f} | {r['size_x']:.2f}x | "
+            f"{r['accuracy']:.1%} | {r['agreement']:.1%} | {r['p50_ms']:.1f} | {r['p90_ms']:.1f} | "
+            f"{r['speedup']:.2f}x | {r['fps_batch']:.1f} | {r['params_m']:.1f} | "
+            f"{r['gflops']:.2f} | {r['threads']} |"
+        )
+    return "\n".join(lines)
+
+
+def write_tables(rows: list[dict], out: Path, batch_size: int) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "benchmark.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows({k: r[k] for k in COLUMNS} for r in rows)
+    (out / "benchmark.md").write_text(markdown(rows, batch_size) + "\n")
+
+
+def translate_argv(argv: list[str]) -> list[str]:
+    """Accept ``--model_path X`` / ``--device=cuda`` (the seed's spelling) as Hydra overrides."""
+    out, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("--") and arg not in ("--help", "--hydra-help", "--cfg", "--info"):
+            key = arg[2:]
+            if "=" in key:
+                out.append(key)
+            elif i + 1 < len(argv):
+                out.append(f"{key}={argv[i + 1]}")
+                i += 1
+            else:
+                out.append(key)
+        else:
+            out.append(arg)
+        i += 1
+    return out
+
+
+def run(cfg: DictConfig) -> list[dict]:
+    try:
+        return benchmark(cfg)
+    except VitftError as err:
+        log.error("%s", err)
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

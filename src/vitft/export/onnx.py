@@ -1,0 +1,47 @@
+"""ONNX export: opset >= 17, dynamic batch, ``pixel_values`` -> ``logits``, simplified, checked."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+INPUT_NAME = "pixel_values"
+OUTPUT_NAME = "logits"
+
+
+def export_onnx(model: nn.Module, path: str | Path, image_size: list[int], opset: int = 18) -> Path:
+    """Write ``model`` (pixel_values -> logits) to ``path`` as a simplified, checked ONNX file."""
+    import onnx
+    import onnxslim
+
+    if opset < 17:
+        raise ValueError(f"opset={opset}: vitft exports need opset >= 17 (LayerNormalization)")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = model.eval().cpu()
+    sample = torch.randn(2, 3, *image_size)
+    with warnings.catch_warnings():
+        # The TorchScript-based exporter warns that it is deprecated; its output is checked below.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (sample,),
+            str(path),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    slim = onnxslim.slim(str(path))
+    onnx.save(slim, str(path))
+    onnx.checker.check_model(str(path), full_check=True)
+    log.info("onnx: wrote %s (opset %d, simplified, checked)", path, opset)
+    return path

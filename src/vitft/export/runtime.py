@@ -1,0 +1,128 @@
+"""Run any exported model: ``load_exported(folder) -> (predict, metadata)``.
+
+``predict`` maps float32 numpy ``(N, 3, H, W)`` (already normalised, as in metadata.json) to numpy
+logits ``(N, num_labels)``. Each runtime is imported only when its format is loaded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vitft.errors import VitftError
+from vitft.export.metadata import METADATA_FILE, read_metadata
+
+Predict = Callable[[np.ndarray], np.ndarray]
+
+
+def _torch_threads(threads: int | None) -> None:
+    if threads:
+        torch.set_num_threads(int(threads))
+
+
+def _pytorch(folder: Path, meta: dict, threads: int | None) -> Predict:
+    from vitft.export.hf import load_model
+
+    _torch_threads(threads)
+    model, _ = load_model(folder)
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return model(torch.from_numpy(np.ascontiguousarray(x, np.float32))).numpy()
+
+    return predict
+
+
+def _torchscript(folder: Path, meta: dict, threads: int | None) -> Predict:
+    _torch_threads(threads)
+    model = torch.jit.load(str(folder / meta["file"]), map_location="cpu").eval()
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return model(torch.from_numpy(np.ascontiguousarray(x, np.float32))).numpy()
+
+    return predict
+
+
+def _onnxruntime(folder: Path, meta: dict, threads: int | None) -> Predict:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = int(threads)
+        opts.inter_op_num_threads = 1
+    # Idle ORT threads otherwise busy-wait after each run and starve other work on the same
+    # cores (another model, the camera loop, or the other formats in benchmark.py).
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(
+        str(folder / meta["file"]), opts, providers=["CPUExecutionProvider"]
+    )
+    name = session.get_inputs()[0].name
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        return session.run(None, {name: np.ascontiguousarray(x, np.float32)})[0]
+
+    return predict
+
+
+def _litert(folder: Path, meta: dict, threads: int | None) -> Predict:
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(str(folder / meta["file"]), num_threads=int(threads or 1))
+    interpreter.allocate_tensors()
+    inp = interpreter.get_input_details()[0]["index"]
+    out = interpreter.get_output_details()[0]["index"]
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        # The graph has batch 1 (edge devices run one frame at a time).
+        rows = []
+        for image in np.ascontiguousarray(x, np.float32):
+            interpreter.set_tensor(inp, image[None])
+            interpreter.invoke()
+            rows.append(interpreter.get_tensor(out).copy())
+        return np.concatenate(rows, axis=0)
+
+    return predict
+
+
+RUNTIMES: dict[str, Callable[[Path, dict, int | None], Predict]] = {
+    "pytorch": _pytorch,
+    "torchscript": _torchscript,
+    "onnxruntime": _onnxruntime,
+    "litert": _litert,
+}
+
+
+def load_exported(folder: str | Path, threads: int | None = None) -> tuple[Predict, dict]:
+    """Load an export folder (or an HF model dir, run in PyTorch fp32) for CPU inference.
+
+    ``threads``: intra-op threads (torch.set_num_threads / ORT intra_op_num_threads / LiteRT
+    num_threads); None keeps each runtime's default.
+    """
+    folder = Path(folder)
+    if not (folder / METADATA_FILE).is_file() and (folder / "config.json").is_file():
+        from vitft.data.transforms import processor_facts
+        from vitft.export.hf import load_model
+
+        model, processor = load_model(folder)
+        meta = {
+            "format": "pytorch",
+            "precision": "fp32",
+            "runtime": "pytorch",
+            "file": "model.safetensors",
+            "labels": model.labels,
+            **processor_facts(processor),
+        }
+        return _pytorch(folder, meta, threads), meta
+    meta = read_metadata(folder)
+    runtime = meta.get("runtime")
+    if runtime not in RUNTIMES:
+        raise VitftError(
+            f"{folder / METADATA_FILE}: runtime {runtime!r} is unknown; known: {sorted(RUNTIMES)}"
+        )
+    if not (folder / meta["file"]).is_file():
+        raise VitftError(f"{folder}: model file {meta['file']} named in {METADATA_FILE} is missing")
+    return RUNTIMES[runtime](folder, meta, threads), meta

@@ -1,0 +1,138 @@
+"""Export formats: each one reloads in its own runtime and agrees with PyTorch (budget ~40 s;
+the LiteRT conversion test is marked slow, ~60 s)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+
+from tests.conftest import CLASSES, CONF, ROOT
+from vitft.export.formats import export, run
+from vitft.export.hf import save_hf
+from vitft.export.metadata import read_metadata
+from vitft.export.runtime import load_exported
+from vitft.models.classifier import build_model
+
+TINY = {
+    "model_type": "vit",
+    "image_size": 32,
+    "patch_size": 8,
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+}
+META_KEYS = {"format", "labels", "image_size", "image_mean", "image_std", "source_sha256", "file"}
+
+
+def make_model_dir(root: Path, config: dict | None = None) -> Path:
+    import torch
+
+    torch.manual_seed(0)
+    model, processor = build_model({"config": config or TINY}, {"name": "linear"}, sorted(CLASSES))
+    # A confident head keeps top-1 stable under int8 noise, as a trained model's would be.
+    with torch.no_grad():
+        model.head.fc.weight.mul_(20)
+    return save_hf(model, processor, root / "model")
+
+
+def export_cfg(model_dir: Path, data_dir: Path, *overrides: str) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("export", overrides=[f"model_dir={model_dir}", *overrides])
+    with open_dict(cfg):
+        cfg.data_dir = str(data_dir)
+        cfg.output_dir = str(model_dir.parent / "export")
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    return make_model_dir(tmp_path_factory.mktemp("export"))
+
+
+def test_onnx_and_int8_formats_reload_and_agree(model_dir, tiny_data):
+    formats = ["onnx", "onnx_int8", "onnx_int8_static", "torch_int8"]
+    cfg = export_cfg(model_dir, tiny_data, f"formats=[{','.join(formats)}]", "calibration_images=6")
+    results = export(cfg)
+    out = Path(cfg.output_dir)
+    assert set(results) == set(formats)
+    assert json.loads((out / "parity.json").read_text()).keys() == set(formats)
+    ref, _ = load_exported(model_dir)
+    x = np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype(np.float32)
+    for fmt in formats:
+        meta = read_metadata(out / fmt)
+        assert META_KEYS <= meta.keys() and meta["labels"] == sorted(CLASSES)
+        assert meta["image_size"] == [32, 32] and meta["format"] == fmt
+        par = json.loads((out / fmt / "parity.json").read_text())
+        assert par["images"] == 9 and par["agreement"] >= par["threshold"]
+        predict, _ = load_exported(out / fmt, threads=1)
+        tol = 1e-4 if meta["precision"] == "fp32" else 0.5
+        np.testing.assert_allclose(predict(x), ref(x), atol=tol)  # dynamic batch of 3
+    import onnx
+
+    graph = onnx.load(str(out / "onnx" / "model.onnx"))
+    assert graph.opset_import[0].version >= 17
+    assert [i.name for i in graph.graph.input] == ["pixel_values"]
+    assert [o.name for o in graph.graph.output] == ["logits"]
+    assert (out / "onnx_int8" / "model.onnx").stat().st_size < (
+        out / "onnx" / "model.onnx"
+    ).stat().st_size
+
+
+def test_torch_int8_reloads_in_fresh_process(model_dir, tiny_data):
+    folder = model_dir.parent / "export" / "torch_int8"
+    if not folder.is_dir():
+        export(export_cfg(model_dir, tiny_data, "formats=[torch_int8]"))
+    code = (
+        "import sys, numpy as np; from vitft.export.runtime import load_exported; "
+        "p, m = load_exported(sys.argv[1], threads=1); "
+        "print(p(np.zeros((2, 3, 32, 32), np.float32)).shape, m['format'])"
+    )
+    env_path = str(ROOT / "src")
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(folder)],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": env_path, "PATH": "/usr/bin:/bin"},
+        check=True,
+    )
+    assert out.stdout.strip().endswith("(2, 3) torch_int8")
+
+
+def test_failing_parity_exits_nonzero_naming_format(model_dir, tiny_data, capsys):
+    cfg = export_cfg(model_dir, tiny_data, "formats=[onnx]", "parity.threshold=1.01")
+    with pytest.raises(SystemExit) as exc:
+        run(cfg)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "parity check failed for onnx" in err and "101.00%" in err
+
+
+def test_unknown_format_and_missing_data_are_clear_errors(model_dir, tmp_path):
+    cfg = export_cfg(model_dir, tmp_path / "nope", "formats=[coreml]")
+    from vitft.errors import VitftError
+
+    with pytest.raises(VitftError, match="coreml"):
+        export(cfg)
+    with pytest.raises(VitftError, match="does not exist"):
+        export(export_cfg(model_dir, tmp_path / "nope", "formats=[onnx]"))
+
+
+@pytest.mark.slow
+def test_tflite_formats_reload_and_agree(model_dir, tiny_data):
+    cfg = export_cfg(model_dir, tiny_data, "formats=[tflite,tflite_int8]", "threads=2")
+    results = export(cfg)
+    assert results["tflite"]["max_abs_diff"] < 1e-4
+    assert results["tflite"]["agreement"] == 1.0
+    assert results["tflite_int8"]["agreement"] >= 0.97
+    out = Path(cfg.output_dir)
+    tfl = (out / "tflite" / "model.tflite").stat().st_size
+    assert (out / "tflite_int8" / "model.tflite").stat().st_size < 0.5 * tfl
+    assert read_metadata(out / "tflite")["batch"] == 1
