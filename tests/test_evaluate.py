@@ -126,6 +126,10 @@ def test_eval_on_other_folder_maps_classes_by_name(run_dir, tmp_path):
     metrics = evaluate(cfg)
     rows = list(csv.DictReader((out / "predictions.csv").open()))
     assert {r["true"] for r in rows} == {"red", "blue"} and metrics["images"] == 4
+    # green is a model class with no images here: its recall and AUROC are undefined, not 0
+    green = metrics["per_class"]["green"]
+    assert green["support"] == 0 and green["recall"] is None and green["auroc"] is None
+    assert metrics["per_class"]["red"]["auroc"] is not None
     assert not (out / "heatmaps.png").exists()
 
     bad = make_dataset(tmp_path / "bad", classes=("red", "cat"), counts={"train": 1, "test": 1})

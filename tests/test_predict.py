@@ -104,7 +104,7 @@ def test_predict_cli_csv_json_and_reject(model_dir, folder, tmp_path, capsys):
 def test_checkpoint_and_model_dir_agree_and_tta(tmp_path, tiny_data):
     from vitft.train import train
 
-    cfg = make_cfg(tmp_path / "run", tiny_data, "callbacks.progress_bar=null")
+    cfg = make_cfg(tmp_path / "run", tiny_data, "callbacks.progress_bar=null", "test=false")
     train(cfg)
     from_dir = Predictor.from_path(model_dir=tmp_path / "run" / "model")
     ckpt = next((tmp_path / "run" / "checkpoints").glob("*.ckpt"))

@@ -62,12 +62,16 @@ def compute_metrics(
         "auroc": multiclass_auroc(probs, target, n, average=None),
         "average_precision": multiclass_average_precision(probs, target, n, average=None),
     }
+    # AUROC/AP need positives and negatives, recall needs positives: else undefined (null), not 0
+    support = per_class["support"]
+    ranked = (support > 0) & (support < len(target))
+    undefined = {"auroc": ranked, "average_precision": ranked, "recall": support > 0}
     metrics: dict[str, Any] = {
         "images": len(target),
         "accuracy": float(multiclass_accuracy(probs, target, n, average="micro")),
         "f1_macro": float(multiclass_f1_score(probs, target, n, average="macro")),
         "f1_weighted": float(multiclass_f1_score(probs, target, n, average="weighted")),
-        "auroc_macro": float(per_class["auroc"].mean()),
+        "auroc_macro": float(per_class["auroc"][ranked].mean()) if ranked.any() else None,
         "ece": float(multiclass_calibration_error(probs, target, n, n_bins=n_bins, norm="l1")),
         "ece_bins": n_bins,
     }
@@ -77,7 +81,10 @@ def compute_metrics(
         )
     metrics["per_class"] = {
         cls: {
-            name: (int(v[i]) if name == "support" else float(v[i])) for name, v in per_class.items()
+            name: int(v[i])
+            if name == "support"
+            else (float(v[i]) if name not in undefined or undefined[name][i] else None)
+            for name, v in per_class.items()
         }
         for i, cls in enumerate(classes)
     }
@@ -292,7 +299,9 @@ def evaluate(cfg: Any) -> dict[str, Any]:
     ]
     _log_wandb(cfg, out_dir, metrics, figures, rows)
     summary = ", ".join(
-        f"{k} {metrics[k]:.3f}" for k in ("accuracy", "f1_macro", "auroc_macro", "ece")
+        f"{k} {metrics[k]:.3f}"
+        for k in ("accuracy", "f1_macro", "auroc_macro", "ece")
+        if metrics[k] is not None
     )
     print(f"{cfg.split}: {len(target)} images: {summary}")
     print(f"report: {out_dir / 'report.html'}")

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from vitft.data.images import load_image
 from vitft.errors import VitftError
 from vitft.models.backbone import backbone_parts
 from vitft.models.classifier import ImageClassifier
@@ -199,8 +200,6 @@ def explain(cfg: Any) -> list[Path]:
     written: list[Path] = []
     for path in paths:
         try:
-            from vitft.data.images import load_image
-
             image = load_image(path)
         except (OSError, ValueError) as err:
             log.warning("skipped %s: %s", path, err)

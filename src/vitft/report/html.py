@@ -38,7 +38,10 @@ def _per_class_table(per_class: dict[str, dict]) -> str:
     rows = []
     for cls, vals in per_class.items():
         cells = "".join(
-            f"<td>{vals[c]}</td>" if c == "support" else f"<td>{vals[c]:.3f}</td>" for c in cols
+            f"<td>{vals[c]}</td>"
+            if c == "support" or vals[c] is None
+            else f"<td>{vals[c]:.3f}</td>"
+            for c in cols
         )
         rows.append(f"<tr><td>{escape(cls)}</td>{cells}</tr>")
     return f"<table>{head}{''.join(rows)}</table>"
@@ -50,7 +53,10 @@ def write_report(path: Path, metrics: dict[str, Any], figures: dict[str, tuple[P
              ("weighted F1", metrics["f1_weighted"]), ("macro AUROC", metrics["auroc_macro"]),
              ("ECE", metrics["ece"])]  # fmt: skip
     cards += [(k.replace("_", " "), v) for k, v in metrics.items() if k.startswith("top")]
-    cards_html = "".join(f'<div class="card">{escape(k)}<b>{v:.3f}</b></div>' for k, v in cards)
+    cards_html = "".join(
+        f'<div class="card">{escape(k)}<b>{"n/a" if v is None else f"{v:.3f}"}</b></div>'
+        for k, v in cards
+    )
     bad = metrics.get("bad_files") or []
     bad_html = (
         "<h2>Skipped files</h2><ul>"

@@ -62,6 +62,8 @@ def curves(
     """One-vs-rest curves per class: ``roc`` (x=FPR, y=TPR) or ``pr`` (x=recall, y=precision)."""
     fig, ax = plt.subplots(figsize=(5.5, 5))
     for cls, (x, y) in per_class.items():
+        if scores[cls] is None:  # no positives (or no negatives) in the data: no curve
+            continue
         label = f"{cls} ({'AUC' if kind == 'roc' else 'AP'} {scores[cls]:.3f})"
         ax.plot(x, y, label=label, drawstyle="default" if kind == "roc" else "steps-post")
     if kind == "roc":
