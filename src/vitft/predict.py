@@ -80,6 +80,20 @@ def load_classifier(
     return load_model(model_dir) if model_dir else load_checkpoint(ckpt_path)
 
 
+def exported_backend(folder: str | Path, threads: int | None = None):
+    """(backend, labels, processor) of an export folder written by export.py."""
+    from transformers import AutoImageProcessor
+
+    from vitft.export.runtime import load_exported
+
+    run, meta = load_exported(folder, threads=threads)
+
+    def backend(pixel_values: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(run(pixel_values.numpy().astype("float32")))
+
+    return backend, meta["labels"], AutoImageProcessor.from_pretrained(folder)
+
+
 def pick_device(device: str | None) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -220,7 +234,10 @@ class Predictor:
         device: str | None = "cpu",
         **kwargs: Any,
     ) -> Predictor:
-        """A Predictor over the PyTorch model of a model dir or a Lightning checkpoint."""
+        """A Predictor over a model dir, an export folder (onnx, onnx_int8, torch_int8, tflite,
+        ...: anything with a metadata.json) or a Lightning checkpoint."""
+        if model_dir and (Path(model_dir) / "metadata.json").is_file():
+            return cls(*exported_backend(model_dir), **kwargs)
         model, processor = load_classifier(model_dir, ckpt_path)
         return cls(TorchBackend(model, device), model.labels, processor, **kwargs)
 

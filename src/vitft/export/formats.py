@@ -159,6 +159,7 @@ def export(cfg: DictConfig) -> dict[str, dict]:
                 opset=cfg.opset if spec.runtime == "onnxruntime" else None,
             )
             write_metadata(folder, meta)
+            processor.save_pretrained(folder)  # the exact preprocessing, for predict.py
             predict, _ = load_exported(folder, threads=cfg.get("threads"))
             result = parity(reference, batched(predict, images.x), images.y)
             threshold = float(par.int8_threshold if spec.precision == "int8" else par.threshold)
