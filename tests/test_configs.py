@@ -106,6 +106,10 @@ def test_option_composes_and_instantiates(tmp_path, tiny_data, group, option):
         assert len(cbs) == (0 if option == "none" else 4)
     elif group == "hparams_search":
         assert cfg.optimized_metric == "val/acc" and cfg.sweep_name == "optuna-folder"
+    elif group == "cache":
+        from vitft.cache import use_cache
+
+        assert use_cache(cfg.cache, {"name": "backbone"}) is (option == "features")
     elif group in ("data", "loss", "paths", "experiment", "debug"):
         assert cfg.data.batch_size > 0
 
