@@ -96,7 +96,7 @@ def test_option_composes_and_instantiates(tmp_path, tiny_data, group, option):
         finish()
     elif group == "callbacks":
         cbs = [instantiate(c) for c in cfg.callbacks.values() if c]
-        assert len(cbs) == (0 if option == "none" else 4)
+        assert len(cbs) == (0 if option == "none" else 6)
     elif group in ("data", "loss", "paths", "experiment", "debug"):
         assert cfg.data.batch_size > 0
 
