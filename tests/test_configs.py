@@ -103,7 +103,7 @@ def test_option_composes_and_instantiates(tmp_path, tiny_data, group, option):
         finish()
     elif group == "callbacks":
         cbs = [instantiate(c) for c in cfg.callbacks.values() if c]
-        assert len(cbs) == (0 if option == "none" else 4)
+        assert len(cbs) == (0 if option == "none" else 6)
     elif group == "hparams_search":
         assert cfg.optimized_metric == "val/acc" and cfg.sweep_name == "optuna-folder"
     elif group == "cache":

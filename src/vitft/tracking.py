@@ -91,8 +91,10 @@ def _wandb_logger(cfg: dict, rid: str, config: dict) -> Logger:
     try:
         import wandb
 
+        # How long going online may take before falling back (WANDB_INIT_TIMEOUT, seconds).
+        timeout = float(os.environ.get("WANDB_INIT_TIMEOUT", 30))
         logger = instantiate(
-            kwargs, mode=mode, settings=wandb.Settings(init_timeout=30, silent=True)
+            kwargs, mode=mode, settings=wandb.Settings(init_timeout=timeout, silent=True)
         )
         _ = logger.experiment  # start the run now, not deep inside training
         return logger
@@ -102,6 +104,13 @@ def _wandb_logger(cfg: dict, rid: str, config: dict) -> Logger:
         log.warning(
             "W&B online failed (%s: %s); recording this run offline", type(err).__name__, err
         )
+        # The failed online attempt still holds the run id in wandb's service: release it.
+        try:
+            import wandb
+
+            wandb.teardown()
+        except Exception as teardown_err:  # noqa: BLE001  (best effort, never fatal)
+            log.debug("wandb teardown after failed init: %s", teardown_err)
         plain = {k: v for k, v in kwargs.items() if not k.startswith("_")}
         logger = WandbLogger(**plain, mode="offline")
         _ = logger.experiment
