@@ -73,11 +73,9 @@ def vitft_fit(cfg, model, loader: DataLoader, epochs: int) -> list[float]:
 def plain_fit(cfg, model, loader: DataLoader, epochs: int) -> list[float]:
     from hydra.utils import instantiate
 
-    from vitft.module import param_groups
+    from vitft.module import build_optimizer
 
-    opt_cfg = dict(cfg.optimizer)
-    wd = float(opt_cfg.pop("weight_decay", 0.0))
-    optimizer = instantiate(opt_cfg)(params=param_groups(model, wd))
+    optimizer = build_optimizer(cfg.optimizer, model)  # the same param groups as vitft
     total = epochs * len(loader)
     schedule = instantiate(cfg.scheduler.schedule)
     scheduler = schedule(optimizer=optimizer, num_warmup_steps=0, num_training_steps=total)

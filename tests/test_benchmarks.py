@@ -34,4 +34,4 @@ def test_benchmark_quick_mode(name):
     assert any(line.startswith("|--") for line in lines)  # a table was printed
     tag, got, value = lines[-1].split()
     assert (tag, got) == ("RESULT", name)
-    assert math.isfinite(float(value)) and float(value) >= 0
+    assert math.isfinite(float(value))  # a ratio; memory's reduction can be negative in --quick

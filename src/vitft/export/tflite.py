@@ -16,7 +16,15 @@ log = logging.getLogger(__name__)
 
 def export_tflite(model: nn.Module, path: str | Path, image_size: list[int]) -> Path:
     """Convert ``model`` (pixel_values -> logits, NCHW float32, batch 1) to a .tflite file."""
-    import litert_torch
+    try:
+        import litert_torch
+    except ImportError as err:
+        from vitft.errors import VitftError
+
+        raise VitftError(
+            "formats=[tflite] needs LiteRT: pip install litert-torch ai-edge-litert "
+            "ai-edge-quantizer (the `edge` extra; see README, Deploy)"
+        ) from err
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
