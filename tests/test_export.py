@@ -139,3 +139,16 @@ def test_tflite_formats_reload_and_agree(model_dir, tiny_data):
     # Smaller, not 4x: at width 32 the graph and float tensors dominate (ViT-Base: 0.25x).
     assert (out / "tflite_int8" / "model.tflite").stat().st_size < 0.8 * tfl
     assert read_metadata(out / "tflite")["batch"] == 1
+
+
+def test_predict_runs_an_export_folder(model_dir, tiny_data):
+    """predict.py's Predictor takes an export folder like a model dir, with the same answers."""
+    from vitft.predict import Predictor
+
+    cfg = export_cfg(model_dir, tiny_data, "formats=[onnx]")
+    export(cfg)
+    images = sorted((tiny_data / "test").rglob("*.png"))
+    onnx_preds = Predictor.from_path(Path(cfg.output_dir) / "onnx").predict(images)
+    torch_preds = Predictor.from_path(model_dir).predict(images)
+    assert [p.label for p in onnx_preds] == [p.label for p in torch_preds]
+    assert all(abs(a.confidence - b.confidence) < 1e-4 for a, b in zip(onnx_preds, torch_preds))
