@@ -151,4 +151,7 @@ def test_predict_runs_an_export_folder(model_dir, tiny_data):
     onnx_preds = Predictor.from_path(Path(cfg.output_dir) / "onnx").predict(images)
     torch_preds = Predictor.from_path(model_dir).predict(images)
     assert [p.label for p in onnx_preds] == [p.label for p in torch_preds]
-    assert all(abs(a.confidence - b.confidence) < 1e-4 for a, b in zip(onnx_preds, torch_preds))
+    assert all(
+        abs(a.confidence - b.confidence) < 1e-4
+        for a, b in zip(onnx_preds, torch_preds, strict=True)
+    )
