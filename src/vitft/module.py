@@ -15,6 +15,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
+from torchmetrics import MeanMetric
 
 from vitft.distill import kd_loss
 from vitft.metrics import build_confusion, build_metrics, flatten
@@ -129,6 +130,12 @@ class ClassifierModule(L.LightningModule):
         self.test_metrics = build_metrics(n, "test/")
         self.val_confusion = build_confusion(n)
         self.test_confusion = build_confusion(n)
+        # Epoch-mean losses are torchmetrics too, synchronised in _epoch_end like the others. With
+        # self.log(loss, sync_dist=True) per step, DDP deadlocked: rank 0's progress bar reduces
+        # the logged loss in on_train_epoch_end (callbacks run before the module's hook) while
+        # the other ranks, whose bars are off, are already gathering metrics in _epoch_end.
+        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        self.train_kd_loss = MeanMetric()
         # Last computed confusion matrices (rows: true class, columns: predicted).
         self.confusion_matrices: dict[str, list[list[int]]] = {}
 
@@ -153,21 +160,13 @@ class ClassifierModule(L.LightningModule):
         if stage == "train" and self.teacher is not None:
             soft = kd_loss(logits, self.teacher(x), self.distill["temperature"])
             weight = float(self.distill["weight"])
-            self.log("train/kd_loss", soft, on_step=False, on_epoch=True, batch_size=len(y))
+            self.train_kd_loss.update(soft.detach(), weight=len(y))
             loss = (1 - weight) * loss + weight * soft
         preds = logits.argmax(dim=-1)
         getattr(self, f"{stage}_metrics").update(preds, y)
         if stage != "train":
             getattr(self, f"{stage}_confusion").update(preds, y)
-        self.log(
-            f"{stage}/loss",
-            loss,
-            on_step=False,
-            on_epoch=True,
-            prog_bar=True,
-            batch_size=len(y),
-            sync_dist=True,
-        )
+        getattr(self, f"{stage}_loss").update(loss.detach(), weight=len(y))
         return loss
 
     def training_step(self, batch, batch_idx):
@@ -183,7 +182,18 @@ class ClassifierModule(L.LightningModule):
         metrics = getattr(self, f"{stage}_metrics")
         values = flatten(metrics.compute(), self.classes)
         metrics.reset()
-        self.log(f"{stage}/acc", values.pop(f"{stage}/acc"), prog_bar=True, sync_dist=True)
+        losses = [(f"{stage}/loss", getattr(self, f"{stage}_loss"))]
+        if stage == "train" and self.teacher is not None:
+            losses.append(("train/kd_loss", self.train_kd_loss))
+        for name, mean in losses:
+            if mean.update_count:
+                values[name] = float(mean.compute())
+            mean.reset()
+        # Already reduced over ranks by torchmetrics: sync_dist only tells Lightning so (every
+        # rank logs the same numbers; no per-step collectives).
+        for name in (f"{stage}/acc", f"{stage}/loss"):
+            if name in values:
+                self.log(name, values.pop(name), prog_bar=True, sync_dist=True)
         self.log_dict(values, sync_dist=True)
         if stage != "train":
             confusion = getattr(self, f"{stage}_confusion")

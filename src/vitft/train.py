@@ -17,6 +17,7 @@ import torch
 import transformers
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from vitft import checkpoints, tracking
@@ -138,9 +139,12 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     )
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
-    if not ckpt_path:
-        _start_fresh(output_dir)
+    # Under DDP, Lightning re-runs this script for ranks > 0 once rank 0 is in fit(): only
+    # rank 0 writes the run dir (config, fresh-start cleanup, checkpoints, logs, export).
+    if rank_zero_only.rank == 0:
+        (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
+        if not ckpt_path:
+            _start_fresh(output_dir)
     rid = tracking.run_id(output_dir, ckpt_path)
     module = ClassifierModule(
         model,
@@ -185,6 +189,8 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     if cfg.get("test", True):
         metrics.update(_scalars(trainer.test(module, datamodule=datamodule)))
 
+    if trainer.world_size > 1:  # the same numbers on every rank (torchmetrics syncs them)
+        log.info("rank %d of %d: %s", trainer.global_rank, trainer.world_size, json.dumps(metrics))
     summary = {
         **metrics,
         "classes": splits.classes,

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from vitft.data.folder import DatasetSplits, Sample
@@ -119,10 +121,26 @@ class FolderDataModule(L.LightningDataModule):
     def train_label_counts(self) -> torch.Tensor:
         return torch.tensor(list(self.splits.counts("train").values()), dtype=torch.float)
 
+    def eval_sampler(self, dataset) -> Sampler | None:
+        """Each image exactly once across processes in ``validate``/``test`` of a multi-process run.
+
+        Lightning's default DistributedSampler pads the last batch with repeated images so every
+        rank has as many; outside fit no collective runs per step, so ranks may differ by one
+        image and the metrics (synchronised by torchmetrics) count every image once. During fit
+        Lightning's padding stays (DDP syncs on every forward): up to devices - 1 val images
+        are counted twice in the per-epoch val metrics.
+        """
+        trainer = self.trainer
+        if trainer is None or trainer.world_size < 2 or trainer.state.fn == TrainerFn.FITTING:
+            return None
+        return UnrepeatedDistributedSampler(
+            dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
+        )
+
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         size = self.batch_size if split == "train" else self.eval_batch_size
         dataset = self.dataset(split)
-        sampler = EpochShuffle(len(dataset), self.seed) if shuffle else None
+        sampler = EpochShuffle(len(dataset), self.seed) if shuffle else self.eval_sampler(dataset)
         return DataLoader(dataset, batch_size=size, sampler=sampler, **self.loader_kwargs)
 
     def train_dataloader(self) -> DataLoader:
