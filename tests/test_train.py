@@ -154,7 +154,7 @@ def test_export_pipeline_matches_the_lightning_module(tmp_path, tiny_data):
     module = objects["module"].eval()
     dm = objects["datamodule"]
     paths = [str(p) for p, _ in dm.splits.test]
-    x = torch.stack([dm.dataset("test")[i][0] for i in range(len(paths))])
+    x, _ = dm.transform("test").collate([dm.dataset("test")[i] for i in range(len(paths))])
     with torch.no_grad():
         expected = [module.classes[i] for i in module(x).argmax(-1)]
     pipe = pipeline("image-classification", model=str(run / "model"))

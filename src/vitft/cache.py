@@ -264,9 +264,10 @@ class FeatureCache:
                     # Reproducible views, different from each other.
                     transform.augment.set_random_seed(int(key[:8], 16) + view)
                 loader = DataLoader(
-                    ImageDataset(samples, transform),
+                    ImageDataset(samples, transform.prepare),
                     batch_size=self.batch_size,
                     num_workers=self.num_workers,
+                    collate_fn=transform.collate,
                 )
                 i = 0
                 for pixels, _ in loader:

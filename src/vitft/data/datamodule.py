@@ -114,9 +114,14 @@ class FolderDataModule(L.LightningDataModule):
         self.failures_file = failures_file
         self.seed = seed
 
+    def transform(self, split: str) -> ImageTransform:
+        return self.train_transform if split == "train" else self.eval_transform
+
     def dataset(self, split: str) -> ImageDataset:
-        transform = self.train_transform if split == "train" else self.eval_transform
-        return ImageDataset(self.splits.split(split), transform, self.failures_file)
+        """Items ``(prepared image, label)``: the loader's collate runs the processor per batch."""
+        return ImageDataset(
+            self.splits.split(split), self.transform(split).prepare, self.failures_file
+        )
 
     def train_label_counts(self) -> torch.Tensor:
         return torch.tensor(list(self.splits.counts("train").values()), dtype=torch.float)
@@ -141,7 +146,13 @@ class FolderDataModule(L.LightningDataModule):
         size = self.batch_size if split == "train" else self.eval_batch_size
         dataset = self.dataset(split)
         sampler = EpochShuffle(len(dataset), self.seed) if shuffle else self.eval_sampler(dataset)
-        return DataLoader(dataset, batch_size=size, sampler=sampler, **self.loader_kwargs)
+        return DataLoader(
+            dataset,
+            batch_size=size,
+            sampler=sampler,
+            collate_fn=self.transform(split).collate,
+            **self.loader_kwargs,
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
