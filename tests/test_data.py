@@ -105,3 +105,22 @@ def test_exif_orientation_is_applied(tmp_path):
     out = load_image(tmp_path / "rot.jpg")
     assert out.size == (20, 40)
     assert np.asarray(out)[2, 10].mean() > 200  # white band now at the top
+
+
+def test_batched_processing_equals_per_image(tmp_path):
+    """The loader's collate runs the processor once per batch: same pixels as one at a time."""
+    import torch
+    from transformers import ViTConfig
+
+    from vitft.data.transforms import ImageTransform
+    from vitft.models.backbone import default_image_processor
+
+    rng = np.random.default_rng(0)
+    images = [  # different sizes and aspect ratios in one batch
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+        for h, w in ((32, 32), (40, 24), (64, 48))
+    ]
+    transform = ImageTransform(default_image_processor(ViTConfig(image_size=32)))
+    x, y = transform.collate([(transform.prepare(img), i) for i, img in enumerate(images)])
+    assert x.shape == (3, 3, 32, 32) and y.tolist() == [0, 1, 2]
+    torch.testing.assert_close(x, torch.stack([transform(img) for img in images]), rtol=0, atol=0)
