@@ -10,6 +10,7 @@
 - ``newest_checkpoint``: what ``resume=auto`` continues from: the complete checkpoint with the
   highest global step among ``checkpoints/last.ckpt``, ``checkpoints/step.ckpt`` and Lightning's
   SLURM ``hpc_ckpt_*.ckpt``; none on a first run.
+- ``SpentHpcCheckpoints``: deletes the ``hpc_ckpt_*.ckpt`` once fit has finished (see there).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from vitft.errors import VitftError
@@ -86,6 +87,26 @@ class StepCheckpoint(ModelCheckpoint):
             save_last=False,
             enable_version_counter=False,
         )
+
+
+class SpentHpcCheckpoints(Callback):
+    """Once fit has finished, delete the run dir's SLURM ``hpc_ckpt_*.ckpt``: they are spent.
+
+    On SIGUSR1 under SLURM, Lightning writes ``<default_root_dir>/hpc_ckpt_N.ckpt`` and requeues
+    the job; the next allocation resumes from it (``resume=auto``). But Lightning's
+    ``validate``/``test`` called without ``ckpt_path`` also load the newest ``hpc_ckpt_*.ckpt``
+    of ``default_root_dir`` by themselves whenever SLURM is detected, so the final validation,
+    test and HF export of a requeued run would silently use the weights of the moment of the
+    signal instead of the best checkpoint that vitft loaded. When fit has ended normally,
+    ``checkpoints/last.ckpt`` holds more training than any of them. A no-op outside SLURM.
+    """
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            for path in Path(trainer.default_root_dir).glob("hpc_ckpt_*.ckpt"):
+                log.info("training finished: deleting the spent SLURM checkpoint %s", path)
+                path.unlink(missing_ok=True)
+        trainer.strategy.barrier("vitft_spent_hpc_checkpoints")
 
 
 def read_checkpoint(path: str | Path, mmap: bool = True) -> dict:

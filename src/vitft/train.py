@@ -165,7 +165,9 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     loggers = tracking.build_loggers(cfg.get("logger"), output_dir, rid, resolved)
     trainer: L.Trainer = instantiate(
         cfg.trainer,
-        callbacks=callbacks,
+        # Under SLURM (scripts/slurm), Lightning writes hpc_ckpt_N.ckpt on SIGUSR1; once fit ends
+        # they are deleted, else validate/test below would load them instead of `best`.
+        callbacks=[*callbacks, checkpoints.SpentHpcCheckpoints()],
         logger=loggers or False,
         plugins=[checkpoints.AtomicCheckpointIO()],
     )
