@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from vitft.data.datamodule import EpochShuffle, FolderDataModule, ImageDataset
+from vitft.data.datamodule import FolderDataModule, ImageDataset, ResumableLoader
 from vitft.data.folder import Sample
 from vitft.data.transforms import ImageTransform
 from vitft.errors import VitftError
@@ -318,9 +318,13 @@ class FeatureDataModule(FolderDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         size = self.batch_size if split == "train" else self.eval_batch_size
         dataset = self.dataset(split)
-        sampler = EpochShuffle(len(dataset), self.seed) if shuffle else self.eval_sampler(dataset)
         # Features are a memmap slice per batch: worker processes would only add overhead.
-        return DataLoader(dataset, batch_size=size, sampler=sampler, collate_fn=_batch)
+        if shuffle:
+            sampler = self.shuffled(len(dataset))
+            return ResumableLoader(dataset, batch_size=size, sampler=sampler, collate_fn=_batch)
+        return DataLoader(
+            dataset, batch_size=size, sampler=self.eval_sampler(dataset), collate_fn=_batch
+        )
 
 
 def build_cache(cache_cfg: Any, model: nn.Module, processor: Any, data_cfg: Any) -> FeatureCache:

@@ -73,6 +73,7 @@ class EpochShuffle(Sampler[int]):
 
     def __init__(self, n: int, seed: int = 0):
         self.n, self.seed, self.epoch = n, seed, 0
+        self.resume_at: tuple[int, int] | None = None  # (epoch, samples already trained on)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -82,7 +83,29 @@ class EpochShuffle(Sampler[int]):
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g).tolist())
+        order = torch.randperm(self.n, generator=g).tolist()
+        if self.resume_at is not None:
+            epoch, done = self.resume_at
+            self.resume_at = None
+            if epoch == self.epoch:  # the rest of the interrupted epoch, in the same order
+                order = order[done:]
+        return iter(order)
+
+
+class ResumableLoader(DataLoader):
+    """The training DataLoader; tells Lightning it resumes mid-epoch (its ``_Stateful`` check).
+
+    The position itself travels in the datamodule's state (``FolderDataModule.state_dict``):
+    Lightning hands a loader its saved state only when the loader is built after the checkpoint
+    is restored, and it is built before whenever a scheduler asks for
+    ``trainer.estimated_stepping_batches`` (ours do), so a loader's own state would be dropped.
+    """
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
 
 class FolderDataModule(L.LightningDataModule):
@@ -113,6 +136,8 @@ class FolderDataModule(L.LightningDataModule):
         self.eval_transform = ImageTransform(processor, None)
         self.failures_file = failures_file
         self.seed = seed
+        self.train_sampler: EpochShuffle | None = None
+        self.resume_at: tuple[int, int] | None = None
 
     def transform(self, split: str) -> ImageTransform:
         return self.train_transform if split == "train" else self.eval_transform
@@ -142,17 +167,21 @@ class FolderDataModule(L.LightningDataModule):
             dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
         )
 
+    def shuffled(self, n: int) -> EpochShuffle:
+        """The training sampler (kept, so a checkpoint's position can reach it)."""
+        self.train_sampler = EpochShuffle(n, self.seed)
+        self.train_sampler.resume_at = self.resume_at
+        return self.train_sampler
+
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         size = self.batch_size if split == "train" else self.eval_batch_size
         dataset = self.dataset(split)
-        sampler = EpochShuffle(len(dataset), self.seed) if shuffle else self.eval_sampler(dataset)
-        return DataLoader(
-            dataset,
-            batch_size=size,
-            sampler=sampler,
-            collate_fn=self.transform(split).collate,
-            **self.loader_kwargs,
+        kwargs = dict(
+            batch_size=size, collate_fn=self.transform(split).collate, **self.loader_kwargs
         )
+        if shuffle:
+            return ResumableLoader(dataset, sampler=self.shuffled(len(dataset)), **kwargs)
+        return DataLoader(dataset, sampler=self.eval_sampler(dataset), **kwargs)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
@@ -162,3 +191,30 @@ class FolderDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
+
+    # Mid-epoch resume: Lightning saves this in every checkpoint and restores it before training.
+    def state_dict(self) -> dict:
+        if self.trainer is None:
+            return {}
+        loop = self.trainer.fit_loop
+        batches = loop.epoch_loop.batch_progress.current.processed
+        if not 0 < batches < self.trainer.num_training_batches:
+            return {}  # at an epoch boundary: the next epoch starts from its beginning
+        # Mid-epoch (a step checkpoint): the epoch as Lightning's set_epoch counts it, and the
+        # batches trained on in it.
+        return {"train_position": [loop.epoch_progress.current.processed, batches]}
+
+    def load_state_dict(self, state: dict) -> None:
+        position = state.get("train_position")
+        if not position:
+            return
+        epoch, batches = (int(v) for v in position)
+        if self.trainer is not None and self.trainer.world_size > 1:
+            # Lightning wraps the sampler in a DistributedSampler that expects the full length.
+            log.warning(
+                "mid-epoch resume under DDP: epoch %d starts again from its first batch", epoch
+            )
+            return
+        self.resume_at = (epoch, batches * self.batch_size)
+        if self.train_sampler is not None:  # the loader may exist already (see ResumableLoader)
+            self.train_sampler.resume_at = self.resume_at
