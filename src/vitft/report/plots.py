@@ -145,7 +145,7 @@ def heatmap_figure(
         for c, (method, per_image) in enumerate(maps.items(), start=1):
             axes[r, c].imshow(overlay(img, np.asarray(per_image[r])))
             what = explained if isinstance(explained, str) or explained is None else explained[r]
-            suffix = f" ({what})" if what and method == "gradcam" else ""
+            suffix = f" ({what})" if what and method in ("gradcam", "gradattn") else ""
             if not np.asarray(per_image[r]).any():
                 suffix += ": empty (no positive evidence)"  # ReLU'd Grad-CAM, not a bug
             axes[r, c].set_title(f"{method}{suffix}", fontsize=8)
