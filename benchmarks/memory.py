@@ -9,6 +9,14 @@ peak resident set (Linux ``VmHWM``, reset through ``/proc/self/clear_refs``) is 
 the timed steps. This is CPU memory as the OS sees it: every torch allocation, weights and
 optimizer state included. (tracemalloc would not see torch's allocations.)
 
+The RESULT is the *training* peak: peak RSS minus the RSS of the imported runtime before any
+model exists (Python, torch, transformers, Lightning: ~0.5-0.9 GB that no training option can
+change), the CPU counterpart of ``torch.cuda.max_memory_allocated``, which likewise leaves out
+the CUDA context. The children run with ``MALLOC_MMAP_THRESHOLD_`` fixed at 128 KiB: by default
+glibc raises its mmap threshold after large frees and then keeps freed tensors in its heap, so
+RSS would count memory torch already released (gradients freed by ``zero_grad``, activations
+freed by backward) and the measured peak would depend on allocation history, not on the step.
+
     python benchmarks/memory.py [--quick] [--configs fp32,checkpointing,bf16,compile]
 """
 
@@ -129,7 +137,7 @@ def main() -> None:
             [sys.executable, __file__, "--child", json.dumps(spec)],
             capture_output=True,
             text=True,
-            env={**os.environ, "PYTHONWARNINGS": "ignore"},
+            env={**os.environ, "PYTHONWARNINGS": "ignore", "MALLOC_MMAP_THRESHOLD_": "131072"},
         )
         line = [ln for ln in out.stdout.splitlines() if ln.startswith("CHILD ")]
         if out.returncode or not line:
