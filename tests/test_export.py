@@ -84,6 +84,17 @@ def test_onnx_and_int8_formats_reload_and_agree(model_dir, tiny_data):
     assert (out / "onnx_int8" / "model.onnx").stat().st_size < (
         out / "onnx" / "model.onnx"
     ).stat().st_size
+    for fmt in ("onnx_int8", "onnx_int8_static"):
+        # 7-bit weights (reduce_range): no int16 saturation in x86 VPMADDUBSW kernels.
+        qgraph = onnx.load(str(out / fmt / "model.onnx")).graph
+        weights = [
+            onnx.numpy_helper.to_array(t).astype(np.int32)
+            for t in qgraph.initializer
+            if t.data_type == onnx.TensorProto.INT8
+        ]
+        assert weights and max(int(np.abs(w).max()) for w in weights) <= 64
+        assert not {n.domain for n in qgraph.node} - {"", "ai.onnx"}  # standard ONNX ops only
+        assert "reduce_range" in read_metadata(out / fmt)["quantization"]["weights"]
 
 
 def test_torch_int8_reloads_in_fresh_process(model_dir, tiny_data):

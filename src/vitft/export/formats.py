@@ -157,17 +157,25 @@ def export(cfg: DictConfig) -> dict[str, dict]:
                 description=spec.description,
                 batch="dynamic" if spec.runtime != "litert" else 1,
                 opset=cfg.opset if spec.runtime == "onnxruntime" else None,
+                **(
+                    {"quantization": quantize.ONNX_INT8_FACTS[fmt]}
+                    if fmt in quantize.ONNX_INT8_FACTS
+                    else {}
+                ),
             )
             write_metadata(folder, meta)
             processor.save_pretrained(folder)  # the exact preprocessing, for predict.py
             predict, _ = load_exported(folder, threads=cfg.get("threads"))
-            result = parity(reference, batched(predict, images.x), images.y)
+            result = parity(
+                reference, batched(predict, images.x, int(par.get("batch_size") or 1)), images.y
+            )
             threshold = float(par.int8_threshold if spec.precision == "int8" else par.threshold)
             result.update(
                 format=fmt,
                 split=images.split,
                 data_dir=images.root,
                 threshold=threshold,
+                batch_size=int(par.get("batch_size") or 1),
                 passed=result["agreement"] >= threshold,
                 size_mb=(folder / spec.file).stat().st_size / 1e6,
             )
