@@ -72,6 +72,7 @@ def test_onnx_and_int8_formats_reload_and_agree(model_dir, tiny_data):
         assert meta["image_size"] == [32, 32] and meta["format"] == fmt
         par = json.loads((out / fmt / "parity.json").read_text())
         assert par["images"] == 9 and par["agreement"] >= par["threshold"]
+        assert par["batch_size"] == 1  # one image per call, as deployed
         predict, _ = load_exported(out / fmt, threads=1)
         tol = 1e-4 if meta["precision"] == "fp32" else 0.5
         np.testing.assert_allclose(predict(x), ref(x), atol=tol)  # dynamic batch of 3

@@ -81,7 +81,13 @@ def _ensure_exports(cfg: DictConfig, model_dir: Path, export_dir: Path) -> None:
             "opset": 18,
             "calibration_images": cfg.calibration_images,
             "threads": cfg.threads,
-            "parity": {"split": "val", "threshold": 0.99, "int8_threshold": 0.97, "fail": False},
+            "parity": {
+                "split": "val",
+                "threshold": 0.99,
+                "int8_threshold": 0.97,
+                "fail": False,
+                "batch_size": cfg.get("parity_batch_size") or 1,
+            },
         }
     )
     export(export_cfg)
@@ -139,9 +145,10 @@ def benchmark(cfg: DictConfig) -> list[dict]:
     )
 
     reference = batched(runners["pytorch"][0], images.x)
+    per_call = int(cfg.get("parity_batch_size") or 1)
     rows = {}
     for name, (predict, meta, folder) in runners.items():
-        result = parity(reference, batched(predict, images.x), images.y)
+        result = parity(reference, batched(predict, images.x, per_call), images.y)
         rows[name] = {
             "format": name,
             "status": "ok",
