@@ -38,6 +38,8 @@ CONFIGS = {
     "bf16-mixed": {"precision": "bf16-mixed"},
     "bf16-mixed + checkpointing": {"precision": "bf16-mixed", "gradient_checkpointing": True},
     "compile": {"precision": "32-true", "compile": True},
+    # The same effective batch as two half batches (trainer.accumulate_grad_batches=2).
+    "accumulate 2": {"precision": "32-true", "accumulate": 2},
 }
 
 
@@ -69,8 +71,9 @@ def child(spec: dict) -> dict:
         "compile": spec.get("compile", False),
     }
     model, _ = build_model(mcfg, {"name": "linear"}, ["a", "b", "c"])
-    size, batch, steps = mcfg["config"]["image_size"], spec["batch"], spec["steps"]
-    x = torch.randn(batch * (steps + 1), 3, size, size)
+    size, steps, accumulate = mcfg["config"]["image_size"], spec["steps"], spec.get("accumulate", 1)
+    batch = spec["batch"] // accumulate  # the same images per optimizer step
+    x = torch.randn(batch * accumulate * (steps + 1), 3, size, size)
     y = torch.randint(0, 3, (len(x),))
     loader = DataLoader(TensorDataset(x, y), batch_size=batch)
     module = ClassifierModule(
@@ -82,14 +85,16 @@ def child(spec: dict) -> dict:
             self.times, self.rest, self.peak = [], None, None
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            if batch_idx == 1:  # after the warm-up step: weights, grads, AdamW state exist
+            if batch_idx == accumulate:  # after the warm-up step: weights, AdamW state exist
                 self.rest = _status_kb("VmRSS")
                 Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM)
-            self.t0 = time.perf_counter()
+            if batch_idx % accumulate == 0:
+                self.t0 = time.perf_counter()
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            self.times.append(time.perf_counter() - self.t0)
-            if batch_idx >= 1:
+            if batch_idx % accumulate == accumulate - 1:  # an optimizer step is complete
+                self.times.append(time.perf_counter() - self.t0)
+            if batch_idx >= accumulate:
                 self.peak = _status_kb("VmHWM")
 
     probe = Probe()
@@ -97,6 +102,7 @@ def child(spec: dict) -> dict:
         accelerator="cpu",
         precision=spec["precision"],
         max_steps=steps + 1,
+        accumulate_grad_batches=accumulate,
         callbacks=[probe],
         logger=False,
         enable_checkpointing=False,
