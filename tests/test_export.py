@@ -94,6 +94,12 @@ def test_onnx_and_int8_formats_reload_and_agree(model_dir, tiny_data):
             if t.data_type == onnx.TensorProto.INT8
         ]
         assert weights and max(int(np.abs(w).max()) for w in weights) <= 64
+        # The classification head stays float.
+        assert not [
+            t.name
+            for t in qgraph.initializer
+            if t.name.startswith("head.") and t.data_type == onnx.TensorProto.INT8
+        ]
         assert not {n.domain for n in qgraph.node} - {"", "ai.onnx"}  # standard ONNX ops only
         assert "reduce_range" in read_metadata(out / fmt)["quantization"]["weights"]
 
