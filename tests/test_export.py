@@ -122,6 +122,11 @@ def test_torch_int8_reloads_in_fresh_process(model_dir, tiny_data):
         check=True,
     )
     assert out.stdout.strip().endswith("(2, 3) torch_int8")
+    import torch
+
+    scripted = dict(torch.jit.load(str(folder / "model.pt")).named_modules())
+    assert hasattr(scripted["backbone.vit.layers.0.attention.q_proj"], "_packed_params")  # int8
+    assert not hasattr(scripted["head.fc"], "_packed_params")  # the head stays float
 
 
 def test_failing_parity_exits_nonzero_naming_format(model_dir, tiny_data, capsys):

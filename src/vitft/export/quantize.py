@@ -138,14 +138,21 @@ def onnx_int8_static(src: str | Path, dst: str | Path, calibration: np.ndarray) 
 
 
 def torch_int8_dynamic(model: nn.Module, path: str | Path, image_size: list[int]) -> Path:
-    """``torch.ao.quantization.quantize_dynamic`` on every nn.Linear, saved as TorchScript.
+    """``torch.ao.quantization.quantize_dynamic`` on the backbone's nn.Linear, saved as TorchScript.
 
     TorchScript keeps the packed int8 weights and the graph in one file, so it reloads in a fresh
-    process with ``torch.jit.load`` alone (no vitft, no transformers, no config).
+    process with ``torch.jit.load`` alone (no vitft, no transformers, no config). The traced
+    graph with the x86 engine was the fastest variant measured (ViT-Base, 2 threads: eager
+    quantized module 1.65x eager fp32, traced 2.07x; fbgemm and onednn engines, eager attention,
+    torch.jit.freeze and a fused QKV Linear were no faster). The classification head stays float,
+    as in the ONNX int8 files: on five trained vit_tiny models the mean |logit error| at batch 1
+    fell 1.1-2.6x, and one of them went from 97.8% to 100% val agreement.
     """
     qmodel = torch.ao.quantization.quantize_dynamic(
         model.eval().cpu(), {nn.Linear}, dtype=torch.qint8
     )
+    if isinstance(getattr(model, "head", None), nn.Module):
+        qmodel.head = model.head  # quantize_dynamic copied the model: this is the float head
     with torch.inference_mode():
         traced = torch.jit.trace(qmodel, torch.randn(1, 3, *image_size), check_trace=False)
     torch.jit.save(traced, str(path))
