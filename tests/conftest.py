@@ -16,6 +16,16 @@ import vitft  # noqa: F401  (registers resolvers)
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 CLASSES = ("red", "green", "blue")
+# A 2-layer ViT small enough for any CPU test (built from this config, random weights).
+TINY_VIT_CONFIG = {
+    "model_type": "vit",
+    "image_size": 32,
+    "patch_size": 8,
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+}
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import make_cfg, make_dataset
+from tests.conftest import TINY_VIT_CONFIG, make_cfg, make_dataset
 from vitft.cache import FeatureCache, FeatureDataModule, FeatureDataset, use_cache
 from vitft.data.datamodule import FolderDataModule
 from vitft.data.folder import scan_dataset
@@ -23,17 +23,7 @@ from vitft.models.classifier import build_model
 from vitft.module import ClassifierModule
 from vitft.train import train
 
-SMALL_VIT = {
-    "config": {
-        "model_type": "vit",
-        "image_size": 32,
-        "patch_size": 8,
-        "hidden_size": 32,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "intermediate_size": 64,
-    }
-}
+SMALL_VIT = {"config": TINY_VIT_CONFIG}
 
 
 @pytest.fixture

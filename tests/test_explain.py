@@ -8,20 +8,13 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
+from tests.conftest import TINY_VIT_CONFIG
 from vitft.errors import VitftError
 from vitft.explain import Explainer, attention_rollout, explain, mask_mass, overlay
 from vitft.export.hf import save_hf
 from vitft.models.classifier import build_model
 
-CONFIG = {
-    "model_type": "vit",
-    "image_size": 32,
-    "patch_size": 8,
-    "hidden_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "intermediate_size": 64,
-}
+CONFIG = TINY_VIT_CONFIG
 
 
 @pytest.fixture(scope="module")

@@ -13,22 +13,14 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
-from tests.conftest import CLASSES, CONF, ROOT
+from tests.conftest import CLASSES, CONF, ROOT, TINY_VIT_CONFIG
 from vitft.export.formats import export, run
 from vitft.export.hf import save_hf
 from vitft.export.metadata import read_metadata
 from vitft.export.runtime import load_exported
 from vitft.models.classifier import build_model
 
-TINY = {
-    "model_type": "vit",
-    "image_size": 32,
-    "patch_size": 8,
-    "hidden_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "intermediate_size": 64,
-}
+TINY = TINY_VIT_CONFIG
 META_KEYS = {"format", "labels", "image_size", "image_mean", "image_std", "source_sha256", "file"}
 
 

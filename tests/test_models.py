@@ -3,22 +3,14 @@ import pytest
 import torch
 from transformers import AutoModelForImageClassification, pipeline
 
-from tests.conftest import make_image
+from tests.conftest import TINY_VIT_CONFIG, make_image
 from vitft.errors import VitftError
 from vitft.export.hf import VitftForImageClassification, load_model, save_hf
 from vitft.models.backbone import load_backbone
 from vitft.models.classifier import build_model
 from vitft.models.heads import CosineHead, LinearHead, MLPHead
 
-TINY = {
-    "model_type": "vit",
-    "image_size": 32,
-    "patch_size": 8,
-    "hidden_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "intermediate_size": 64,
-}
+TINY = TINY_VIT_CONFIG
 HEADS = {
     "linear": {"name": "linear"},
     "mlp": {"name": "mlp", "hidden_size": 16, "dropout": 0.1, "activation": "relu"},

@@ -6,7 +6,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from tests.conftest import make_cfg
+from tests.conftest import TINY_VIT_CONFIG, make_cfg
 from vitft.errors import VitftError
 from vitft.export.hf import save_hf
 from vitft.models.classifier import build_model
@@ -20,17 +20,7 @@ from vitft.predict import (
     write_predictions,
 )
 
-TINY = {
-    "config": {
-        "model_type": "vit",
-        "image_size": 32,
-        "patch_size": 8,
-        "hidden_size": 32,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "intermediate_size": 64,
-    }
-}
+TINY = {"config": TINY_VIT_CONFIG}
 LABELS = ["blue", "green", "red"]
 
 

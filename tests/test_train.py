@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import pipeline
 
-from tests.conftest import make_cfg
+from tests.conftest import TINY_VIT_CONFIG, make_cfg
 from vitft.data.datamodule import FolderDataModule
 from vitft.data.folder import scan_dataset
 from vitft.errors import VitftError
@@ -94,17 +94,7 @@ def test_freezing_is_real(tiny_data, strategy, n):
 
 def test_last_n_larger_than_depth_fails_before_training(tmp_path, tiny_data):
     model, _ = build_model(
-        {
-            "config": {
-                "model_type": "vit",
-                "image_size": 32,
-                "patch_size": 8,
-                "hidden_size": 32,
-                "num_hidden_layers": 2,
-                "num_attention_heads": 2,
-                "intermediate_size": 64,
-            }
-        },
+        {"config": TINY_VIT_CONFIG},
         {"name": "linear"},
         ["a", "b"],
     )
