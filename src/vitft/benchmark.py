@@ -22,7 +22,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from vitft.errors import VitftError
 from vitft.export.formats import FORMATS, export
 from vitft.export.hf import load_model
-from vitft.export.parity import batched, load_images, parity, run_data_dir
+from vitft.export.parity import batched, load_images, parity, run_data
 from vitft.export.runtime import load_exported
 
 log = logging.getLogger(__name__)
@@ -108,13 +108,7 @@ def benchmark(cfg: DictConfig) -> list[dict]:
     torch.set_num_threads(threads)
 
     model, processor = load_model(model_dir)
-    data = dict(run_data_dir(model_dir) or {})
-    if cfg.get("data_dir"):
-        data["data_dir"] = cfg.data_dir
-    if not data.get("data_dir"):
-        raise VitftError(
-            f"{model_dir.parent}/config.yaml names no dataset: pass data_dir=/path/to/dataset"
-        )
+    data = run_data(model_dir, cfg.get("data_dir"))
     with open_dict(cfg):
         cfg.data_dir = data["data_dir"]
     _ensure_exports(cfg, model_dir, export_dir)

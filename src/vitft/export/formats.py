@@ -29,7 +29,7 @@ from vitft.export.parity import (
     format_row,
     load_images,
     parity,
-    run_data_dir,
+    run_data,
     write_parity,
 )
 from vitft.export.runtime import load_exported
@@ -113,14 +113,7 @@ def export(cfg: DictConfig) -> dict[str, dict]:
     out = Path(cfg.output_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
 
-    data = dict(run_data_dir(model_dir) or {})
-    if cfg.get("data_dir"):
-        data["data_dir"] = cfg.data_dir
-    if not data.get("data_dir"):
-        raise VitftError(
-            f"no images to check the exports against: {model_dir.parent}/config.yaml has no "
-            "data.data_dir; pass data_dir=/path/to/dataset (with train/ and val/ class folders)"
-        )
+    data = run_data(model_dir, cfg.get("data_dir"))
     split_args = {
         "val_fraction": data.get("val_fraction", 0.15),
         "test_fraction": data.get("test_fraction", 0.15),

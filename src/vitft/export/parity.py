@@ -43,6 +43,19 @@ def run_data_dir(model_dir: str | Path) -> dict | None:
     return data if data.get("data_dir") else None
 
 
+def run_data(model_dir: str | Path, data_dir: str | None = None) -> dict:
+    """The data settings to check ``model_dir`` on: its run's, with ``data_dir=`` overriding."""
+    data = dict(run_data_dir(model_dir) or {})
+    if data_dir:
+        data["data_dir"] = data_dir
+    if not data.get("data_dir"):
+        raise VitftError(
+            f"no images to check the model on: {Path(model_dir).parent}/config.yaml has no "
+            "data.data_dir; pass data_dir=/path/to/dataset (with train/ and val/ class folders)"
+        )
+    return data
+
+
 def load_images(
     data_dir: str | Path,
     labels: list[str],

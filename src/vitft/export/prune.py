@@ -180,15 +180,11 @@ def prune(cfg) -> dict:
 
     from vitft.data.transforms import processor_facts
     from vitft.export.hf import load_model, save_hf
-    from vitft.export.parity import load_images, run_data_dir
+    from vitft.export.parity import load_images, run_data
 
     model_dir = Path(cfg.model_dir).expanduser()
     model, processor = load_model(model_dir)
-    data = dict(run_data_dir(model_dir) or {})
-    if cfg.get("data_dir"):
-        data["data_dir"] = cfg.data_dir
-    if not data.get("data_dir"):
-        raise VitftError(f"{model_dir.parent}/config.yaml names no dataset: pass data_dir=...")
+    data = run_data(model_dir, cfg.get("data_dir"))
     images = load_images(data["data_dir"], model.labels, processor, "train", cfg.importance_images)
     x, y = torch.from_numpy(images.x), torch.from_numpy(images.y)
     bs = int(cfg.batch_size)
