@@ -8,21 +8,13 @@ import json
 import pytest
 import torch
 
-from tests.conftest import make_cfg, make_dataset
+from tests.conftest import TINY_VIT_CONFIG, make_cfg, make_dataset
 from vitft.batch_size import initial_batch_size
 from vitft.errors import VitftError
 from vitft.models.classifier import build_model
 from vitft.train import train
 
-SMALL = {
-    "model_type": "vit",
-    "image_size": 32,
-    "patch_size": 8,
-    "hidden_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "intermediate_size": 64,
-}
+SMALL = TINY_VIT_CONFIG
 
 
 def test_batch_size_auto_is_tuned_and_capped(tmp_path):
