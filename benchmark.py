@@ -6,20 +6,21 @@ import sys
 
 # Set before torch loads OpenMP: on a shared or busy CPU, spinning OpenMP threads wait on each
 # other for whole time slices (PyTorch eager at 2 threads measured 50x slower here). ONNX Runtime
-# spinning is switched off in vitft.export.runtime for the same reason. OMP_WAIT_POLICY=ACTIVE
+# spinning is switched off in vitft.deploy.runtime for the same reason. OMP_WAIT_POLICY=ACTIVE
 # in the environment restores spinning.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-import vitft  # noqa: F401  (registers the config resolvers)
-from vitft.benchmark import run, translate_argv  # noqa: E402
+import vitft  # noqa: F401, E402  (registers the config resolvers and the vitft model type)
+from vitft.apps.benchmark import benchmark, translate_argv  # noqa: E402
+from vitft.run.entry import run_entry  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="benchmark")
 def main(cfg: DictConfig) -> None:
-    run(cfg)
+    run_entry(benchmark, cfg)
 
 
 if __name__ == "__main__":

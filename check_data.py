@@ -5,13 +5,14 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-import vitft  # noqa: F401  (registers the config resolvers)
-from vitft.data.doctor import run
+import vitft  # noqa: F401  (registers the config resolvers and the vitft model type)
+from vitft.apps.check_data import check_data
+from vitft.run.entry import run_entry
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="check_data")
 def main(cfg: DictConfig) -> None:
-    sys.exit(run(cfg))
+    sys.exit(run_entry(check_data, cfg))
 
 
 if __name__ == "__main__":

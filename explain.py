@@ -1,16 +1,16 @@
-"""Heatmaps of where the model looked: python explain.py model_dir=<run>/model inputs=<...>."""
+"""Attention heatmaps: python explain.py model_dir=outputs/<run>/model inputs=<image|folder>."""
 
 import hydra
 from omegaconf import DictConfig
 
-import vitft  # noqa: F401  (registers the config resolvers)
-from vitft.cli import run_entry
-from vitft.explain import explain
+import vitft  # noqa: F401  (registers the config resolvers and the vitft model type)
+from vitft.apps.explain import explain
+from vitft.run.entry import run_entry
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="explain")
-def main(cfg: DictConfig) -> None:
-    run_entry(explain, cfg)
+def main(cfg: DictConfig) -> object:
+    return run_entry(explain, cfg)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,16 @@
-"""Export a trained model: python export.py model_dir=outputs/<run>/model (see conf/export.yaml)."""
+"""Export a model dir with parity checks: python export.py model_dir=outputs/<run>/model."""
 
 import hydra
 from omegaconf import DictConfig
 
-import vitft  # noqa: F401  (registers the config resolvers)
-from vitft.export.formats import run
+import vitft  # noqa: F401  (registers the config resolvers and the vitft model type)
+from vitft.apps.export import export
+from vitft.run.entry import run_entry
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="export")
-def main(cfg: DictConfig) -> None:
-    run(cfg)
+def main(cfg: DictConfig) -> object:
+    return run_entry(export, cfg)
 
 
 if __name__ == "__main__":

@@ -1,16 +1,16 @@
-"""Predict images: python predict.py model_dir=outputs/<run>/model inputs=<image|folder|glob>."""
+"""Predict image files: python predict.py model_dir=outputs/<run>/model inputs=<folder|glob>."""
 
 import hydra
 from omegaconf import DictConfig
 
-import vitft  # noqa: F401  (registers the config resolvers)
-from vitft.cli import run_entry
-from vitft.predict import predict
+import vitft  # noqa: F401  (registers the config resolvers and the vitft model type)
+from vitft.apps.predict import predict
+from vitft.run.entry import run_entry
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="predict")
-def main(cfg: DictConfig) -> None:
-    run_entry(predict, cfg)
+def main(cfg: DictConfig) -> object:
+    return run_entry(predict, cfg)
 
 
 if __name__ == "__main__":

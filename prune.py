@@ -3,13 +3,14 @@
 import hydra
 from omegaconf import DictConfig
 
-import vitft  # noqa: F401  (registers the config resolvers)
-from vitft.export.prune import run
+import vitft  # noqa: F401  (registers the config resolvers and the vitft model type)
+from vitft.apps.prune import prune
+from vitft.run.entry import run_entry
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="prune")
-def main(cfg: DictConfig) -> None:
-    run(cfg)
+def main(cfg: DictConfig) -> object:
+    return run_entry(prune, cfg)
 
 
 if __name__ == "__main__":

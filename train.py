@@ -3,13 +3,14 @@
 import hydra
 from omegaconf import DictConfig
 
-import vitft  # noqa: F401  (registers the config resolvers)
-from vitft.train import run
+import vitft  # noqa: F401  (registers the config resolvers and the vitft model type)
+from vitft.apps.train import objective
+from vitft.run.entry import run_entry
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def main(cfg: DictConfig) -> float | None:
-    return run(cfg)
+def main(cfg: DictConfig) -> object:
+    return run_entry(objective, cfg)
 
 
 if __name__ == "__main__":

@@ -56,10 +56,10 @@ def main() -> None:
     args = p.parse_args()
     from torch.utils.data import DataLoader
 
-    from vitft.data.datamodule import FolderDataModule
     from vitft.data.folder import DatasetSplits, scan_dataset
     from vitft.data.transforms import processor_facts
     from vitft.models.backbone import default_image_processor
+    from vitft.training.datamodule import FolderDataModule
 
     threads = set_threads()
     print(machine_note())

@@ -31,14 +31,14 @@ from PIL import Image
 
 import vitft  # noqa: F401  (registers resolvers)
 from vitft.data.images import load_image
-from vitft.explain import METHODS, Explainer, mask_mass
-from vitft.predict import Predictor
+from vitft.deploy.explain import METHODS, Explainer, mask_mass
+from vitft.deploy.predictor import Predictor
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def train_model(out: Path, epochs: int, extra: list[str]) -> Path:
-    from vitft.train import train
+    from vitft.apps.train import train
 
     overrides = [
         "experiment=quickstart",

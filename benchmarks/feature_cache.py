@@ -51,7 +51,7 @@ def fit(
     """One vitft training run; its per-epoch times, cache build time and accuracy."""
     from omegaconf import open_dict
 
-    from vitft.train import train
+    from vitft.apps.train import train
 
     cfg = compose(
         work / tag,
@@ -74,7 +74,7 @@ def fit(
     timer = EpochTimer()
     with open_dict(cfg):
         cfg.callbacks = {}
-    import vitft.train as vt
+    import vitft.apps.train as vt
 
     # The timer rides along with vitft's own callbacks (train() builds them from the config).
     original = vt._instantiate_all

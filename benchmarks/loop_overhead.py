@@ -35,9 +35,9 @@ class EpochTimer(Callback):
 
 
 def images(cfg, processor, repeat: int, limit: int | None) -> TensorDataset:
-    from vitft.data.datamodule import ImageDataset
     from vitft.data.folder import scan_dataset
     from vitft.data.transforms import ImageTransform
+    from vitft.training.datamodule import ImageDataset
 
     splits = scan_dataset(cfg.data.data_dir, cfg.data.classes)
     samples = splits.train[:limit] if limit else splits.train
@@ -50,7 +50,7 @@ def images(cfg, processor, repeat: int, limit: int | None) -> TensorDataset:
 def vitft_fit(cfg, model, loader: DataLoader, epochs: int) -> list[float]:
     from hydra.utils import instantiate
 
-    from vitft.module import ClassifierModule
+    from vitft.training.module import ClassifierModule
 
     module = ClassifierModule(
         model, optimizer=cfg.optimizer, scheduler=cfg.scheduler, loss=cfg.loss
@@ -73,7 +73,7 @@ def vitft_fit(cfg, model, loader: DataLoader, epochs: int) -> list[float]:
 def plain_fit(cfg, model, loader: DataLoader, epochs: int) -> list[float]:
     from hydra.utils import instantiate
 
-    from vitft.module import build_optimizer
+    from vitft.training.module import build_optimizer
 
     optimizer = build_optimizer(cfg.optimizer, model)  # the same param groups as vitft
     total = epochs * len(loader)

@@ -59,7 +59,7 @@ def child(spec: dict) -> dict:
     from torch.utils.data import DataLoader, TensorDataset
 
     from vitft.models.classifier import build_model
-    from vitft.module import ClassifierModule
+    from vitft.training.module import ClassifierModule
 
     set_threads()
     # Python + torch + transformers + Lightning, before any model exists.

@@ -20,7 +20,7 @@ from lightning.pytorch.callbacks import Callback
 from omegaconf import open_dict
 
 import vitft  # noqa: F401
-from vitft.train import train
+from vitft.apps.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = [

@@ -15,7 +15,7 @@ import yaml
 
 from vitft.data.folder import scan_dataset
 from vitft.data.transforms import processor_facts
-from vitft.export.hf import save_hf
+from vitft.modelio.hf import save_hf
 from vitft.models.classifier import build_model
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -65,7 +65,7 @@ def build_venv(venv: Path) -> float:
 
 def fresh_export(out: Path) -> Path:
     """A small linear-head ViT saved by vitft's save_hf, plus PyTorch logits on random inputs."""
-    from vitft.export.hf import save_hf
+    from vitft.modelio.hf import save_hf
     from vitft.models.classifier import build_model
 
     torch.manual_seed(0)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback
 
-import vitft.train
+import vitft.apps.train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,9 +26,9 @@ class KillAt(Callback):
 
 
 if os.environ.get("VITFT_KILL_AT_STEP"):
-    _instantiate_all = vitft.train._instantiate_all
+    _instantiate_all = vitft.apps.train._instantiate_all
     kill = KillAt(int(os.environ["VITFT_KILL_AT_STEP"]))
-    vitft.train._instantiate_all = lambda cfg: [*_instantiate_all(cfg), kill]
+    vitft.apps.train._instantiate_all = lambda cfg: [*_instantiate_all(cfg), kill]
 
 sys.argv[0] = str(ROOT / "train.py")
 runpy.run_path(str(ROOT / "train.py"), run_name="__main__")

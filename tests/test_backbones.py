@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from tests.conftest import make_cfg
-from vitft.models.backbone import ARCHITECTURES, backbone_parts
-from vitft.train import train
+from vitft.apps.train import train
+from vitft.models.parts import ARCHITECTURES, backbone_parts
 
 TINY = ["vit_tiny", "deit_tiny", "swin_tiny", "convnext_tiny", "mobilevit_tiny", "dinov2_tiny"]
 
@@ -33,7 +33,7 @@ def test_tiny_backbone_trains(tmp_path, tiny_data, model, freeze):
 def test_unknown_architecture_fails_clearly():
     from transformers import AutoConfig, AutoModelForImageClassification
 
-    from vitft.errors import VitftError
+    from vitft.core.errors import VitftError
 
     cfg = AutoConfig.for_model(
         "resnet", num_labels=2, hidden_sizes=[8, 16], depths=[1, 1], embedding_size=8

@@ -1,4 +1,4 @@
-"""Feature cache (vitft.cache): hits, misses, invalidation, and that cached training is the same
+"""Feature cache (training.cache): hits, misses, invalidation, and that cached training is the same
 training. Budget: ~30 s."""
 
 from __future__ import annotations
@@ -12,16 +12,16 @@ import pytest
 import torch
 
 from tests.conftest import TINY_VIT_CONFIG, make_cfg, make_dataset
-from vitft.cache import FeatureCache, FeatureDataModule, FeatureDataset, use_cache
-from vitft.data.datamodule import FolderDataModule
+from vitft.apps.train import train
+from vitft.core.errors import VitftError
 from vitft.data.folder import scan_dataset
 from vitft.data.images import load_image
 from vitft.data.transforms import ImageTransform
-from vitft.errors import VitftError
-from vitft.export.hf import load_model
+from vitft.modelio.hf import load_model
 from vitft.models.classifier import build_model
-from vitft.module import ClassifierModule
-from vitft.train import train
+from vitft.training.cache import FeatureCache, FeatureDataModule, FeatureDataset, use_cache
+from vitft.training.datamodule import FolderDataModule
+from vitft.training.module import ClassifierModule
 
 SMALL_VIT = {"config": TINY_VIT_CONFIG}
 

@@ -8,9 +8,9 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from tests.conftest import CONF, make_cfg
-from vitft.freeze import build_freeze
 from vitft.models.classifier import build_model
-from vitft.tracking import build_loggers
+from vitft.training.freeze import build_freeze
+from vitft.training.tracking import build_loggers
 
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir())
 OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((CONF / g).glob("*.yaml"))]
@@ -71,7 +71,7 @@ def test_option_composes_and_instantiates(tmp_path, tiny_data, group, option):
         build_freeze(cfg.freeze, model).apply(model)
         assert model(torch.randn(2, 3, 64, 64)).shape == (2, 3)
     elif group == "optimizer":
-        from vitft.module import build_optimizer
+        from vitft.training.module import build_optimizer
 
         model, _ = build_model(cfg.model, cfg.head, classes)
         opt = build_optimizer(cfg.optimizer, model)
@@ -98,7 +98,7 @@ def test_option_composes_and_instantiates(tmp_path, tiny_data, group, option):
     elif group == "logger":
         loggers = build_loggers(cfg.get("logger"), Path(cfg.paths.output_dir), "abc12345", {})
         assert len(loggers) == {"none": 0, "wandb": 2}.get(option, 1)
-        from vitft.tracking import finish
+        from vitft.training.tracking import finish
 
         finish()
     elif group == "callbacks":
@@ -107,7 +107,7 @@ def test_option_composes_and_instantiates(tmp_path, tiny_data, group, option):
     elif group == "hparams_search":
         assert cfg.optimized_metric == "val/acc" and cfg.sweep_name == "optuna-folder"
     elif group == "cache":
-        from vitft.cache import use_cache
+        from vitft.training.cache import use_cache
 
         assert use_cache(cfg.cache, {"name": "backbone"}) is (option == "features")
     elif group in ("data", "loss", "paths", "experiment", "debug"):

@@ -3,9 +3,9 @@ import pytest
 from PIL import Image
 
 from tests.conftest import CLASSES, make_dataset
+from vitft.core.errors import VitftError
 from vitft.data.folder import scan_dataset, stratified_split
 from vitft.data.images import load_image
-from vitft.errors import VitftError
 
 
 def test_scan_reads_all_splits(tiny_data):

@@ -8,11 +8,11 @@ import torch
 
 from tests.conftest import make_cfg
 from tests.test_export import TINY, export_cfg, make_model_dir
-from vitft.distill import Teacher, kd_loss
-from vitft.export.formats import export
-from vitft.export.hf import load_model
+from vitft.apps.export import export
+from vitft.apps.train import train
+from vitft.modelio.hf import load_model
 from vitft.models.classifier import build_model
-from vitft.train import train
+from vitft.training.distill import Teacher, kd_loss
 
 
 def test_kd_loss_is_zero_for_identical_logits_and_scaled_by_t2():

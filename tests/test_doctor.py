@@ -11,10 +11,10 @@ import pytest
 from PIL import Image
 
 from tests.conftest import ROOT, make_cfg, make_dataset
-from vitft.data.datamodule import ImageDataset
+from vitft.apps.train import train
+from vitft.core.errors import VitftError
 from vitft.data.doctor import check_dataset, inspect_file
-from vitft.errors import VitftError
-from vitft.train import train
+from vitft.training.datamodule import ImageDataset
 
 # file (relative to the root) -> the kind the doctor must report it as
 EXPECTED = {

@@ -9,9 +9,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
 from tests.conftest import CONF, make_cfg
-from vitft.errors import VitftError
-from vitft.evaluate import evaluate
-from vitft.train import train
+from vitft.apps.evaluate import evaluate
+from vitft.apps.train import train
+from vitft.core.errors import VitftError
 
 FILES = [
     "metrics.json",

@@ -9,9 +9,11 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from tests.conftest import TINY_VIT_CONFIG
-from vitft.errors import VitftError
-from vitft.explain import Explainer, attention_rollout, explain, mask_mass, overlay
-from vitft.export.hf import save_hf
+from vitft.apps.explain import explain
+from vitft.core.errors import VitftError
+from vitft.core.plots import overlay
+from vitft.deploy.explain import Explainer, attention_rollout, mask_mass
+from vitft.modelio.hf import save_hf
 from vitft.models.classifier import build_model
 
 CONFIG = TINY_VIT_CONFIG

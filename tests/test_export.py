@@ -14,11 +14,12 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
 from tests.conftest import CLASSES, CONF, ROOT, TINY_VIT_CONFIG
-from vitft.export.formats import export, run
-from vitft.export.hf import save_hf
-from vitft.export.metadata import read_metadata
-from vitft.export.runtime import load_exported
+from vitft.apps.export import export
+from vitft.deploy.metadata import read_metadata
+from vitft.deploy.runtime import load_exported
+from vitft.modelio.hf import save_hf
 from vitft.models.classifier import build_model
+from vitft.run.entry import run_entry
 
 TINY = TINY_VIT_CONFIG
 META_KEYS = {"format", "labels", "image_size", "image_mean", "image_std", "source_sha256", "file"}
@@ -101,7 +102,7 @@ def test_torch_int8_reloads_in_fresh_process(model_dir, tiny_data):
     if not folder.is_dir():
         export(export_cfg(model_dir, tiny_data, "formats=[torch_int8]"))
     code = (
-        "import sys, numpy as np; from vitft.export.runtime import load_exported; "
+        "import sys, numpy as np; from vitft.deploy.runtime import load_exported; "
         "p, m = load_exported(sys.argv[1], threads=1); "
         "print(p(np.zeros((2, 3, 32, 32), np.float32)).shape, m['format'])"
     )
@@ -124,7 +125,7 @@ def test_torch_int8_reloads_in_fresh_process(model_dir, tiny_data):
 def test_failing_parity_exits_nonzero_naming_format(model_dir, tiny_data, capsys):
     cfg = export_cfg(model_dir, tiny_data, "formats=[onnx]", "parity.threshold=1.01")
     with pytest.raises(SystemExit) as exc:
-        run(cfg)
+        run_entry(export, cfg)
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "parity check failed for onnx" in err and "101.00%" in err
@@ -132,7 +133,7 @@ def test_failing_parity_exits_nonzero_naming_format(model_dir, tiny_data, capsys
 
 def test_unknown_format_and_missing_data_are_clear_errors(model_dir, tmp_path):
     cfg = export_cfg(model_dir, tmp_path / "nope", "formats=[coreml]")
-    from vitft.errors import VitftError
+    from vitft.core.errors import VitftError
 
     with pytest.raises(VitftError, match="coreml"):
         export(cfg)
@@ -158,7 +159,7 @@ def test_tflite_formats_reload_and_agree(model_dir, tiny_data):
 
 def test_predict_runs_an_export_folder(model_dir, tiny_data):
     """predict.py's Predictor takes an export folder like a model dir, with the same answers."""
-    from vitft.predict import Predictor
+    from vitft.deploy.predictor import Predictor
 
     cfg = export_cfg(model_dir, tiny_data, "formats=[onnx]")
     export(cfg)

@@ -4,8 +4,8 @@ import torch
 from transformers import AutoModelForImageClassification, pipeline
 
 from tests.conftest import TINY_VIT_CONFIG, make_image
-from vitft.errors import VitftError
-from vitft.export.hf import VitftForImageClassification, load_model, save_hf
+from vitft.core.errors import VitftError
+from vitft.modelio.hf import VitftForImageClassification, load_model, save_hf
 from vitft.models.backbone import load_backbone
 from vitft.models.classifier import build_model
 from vitft.models.heads import CosineHead, LinearHead, MLPHead

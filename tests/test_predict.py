@@ -7,18 +7,17 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from tests.conftest import TINY_VIT_CONFIG, make_cfg
-from vitft.errors import VitftError
-from vitft.export.hf import save_hf
-from vitft.models.classifier import build_model
-from vitft.predict import (
+from vitft.apps.predict import predict, write_predictions
+from vitft.core.errors import VitftError
+from vitft.deploy.predictor import (
     UNCERTAIN,
     Predictor,
     TorchBackend,
     load_checkpoint,
-    predict,
     tta_views,
-    write_predictions,
 )
+from vitft.modelio.hf import save_hf
+from vitft.models.classifier import build_model
 
 TINY = {"config": TINY_VIT_CONFIG}
 LABELS = ["blue", "green", "red"]
@@ -92,7 +91,7 @@ def test_predict_cli_csv_json_and_reject(model_dir, folder, tmp_path, capsys):
 
 
 def test_checkpoint_and_model_dir_agree_and_tta(tmp_path, tiny_data):
-    from vitft.train import train
+    from vitft.apps.train import train
 
     cfg = make_cfg(tmp_path / "run", tiny_data, "callbacks.progress_bar=null", "test=false")
     train(cfg)
@@ -124,7 +123,7 @@ def test_clear_errors(model_dir, tmp_path):
 
 
 def test_write_predictions_empty(tmp_path):
-    from vitft.predict import Results
+    from vitft.deploy.predictor import Results
 
     path = write_predictions(Results(), tmp_path / "p.csv", LABELS)
     assert path.read_text().splitlines()[0].startswith("path,label,predicted,confidence,prob_blue")

@@ -14,11 +14,12 @@ from omegaconf import open_dict
 
 from tests.conftest import CLASSES, CONF
 from tests.test_export import TINY, export_cfg, make_model_dir
-from vitft.export.formats import export
-from vitft.export.hf import load_model
-from vitft.export.prune import head_counts, head_gates, head_importance, prune, prune_heads
-from vitft.export.runtime import load_exported
+from vitft.apps.export import export
+from vitft.apps.prune import prune
+from vitft.deploy.runtime import load_exported
+from vitft.modelio.hf import load_model
 from vitft.models.classifier import build_model
+from vitft.models.pruning import head_counts, head_gates, head_importance, prune_heads
 
 CFG4 = {**TINY, "num_attention_heads": 4}  # head_dim 8
 

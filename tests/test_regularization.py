@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from tests.conftest import make_cfg
-from vitft.errors import VitftError
+from vitft.apps.train import train
+from vitft.core.errors import VitftError
 from vitft.models.backbone import load_backbone
-from vitft.train import train
 
 
 def test_drop_path_reaches_the_model_where_supported():

@@ -11,11 +11,11 @@ import torch
 from hydra.errors import ConfigCompositionException
 
 from tests.conftest import ROOT, make_cfg
-from vitft.checkpoints import AtomicCheckpointIO, newest_checkpoint, read_checkpoint
-from vitft.errors import VitftError
-from vitft.export.hf import load_model
+from vitft.apps.train import resolve_ckpt_path, train
+from vitft.core.errors import VitftError
+from vitft.modelio.hf import load_model
 from vitft.models.backbone import load_backbone
-from vitft.train import resolve_ckpt_path, train
+from vitft.training.checkpoints import AtomicCheckpointIO, newest_checkpoint, read_checkpoint
 
 
 class Payload:

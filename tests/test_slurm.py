@@ -23,8 +23,8 @@ import pytest
 import torch
 
 from tests.conftest import ROOT, make_dataset
-from vitft.checkpoints import newest_checkpoint
-from vitft.export.hf import load_model
+from vitft.modelio.hf import load_model
+from vitft.training.checkpoints import newest_checkpoint
 
 pytestmark = pytest.mark.slow
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from tests.conftest import TINY_VIT_CONFIG, make_cfg, make_dataset
-from vitft.batch_size import initial_batch_size
-from vitft.errors import VitftError
+from vitft.apps.train import train
+from vitft.core.errors import VitftError
 from vitft.models.classifier import build_model
-from vitft.train import train
+from vitft.training.batch_size import initial_batch_size
 
 SMALL = TINY_VIT_CONFIG
 
@@ -59,7 +59,7 @@ def test_mixed_precision_trains_on_cpu(tmp_path, tiny_data, precision):
 def test_batch_size_auto_resume_reuses_the_found_size(tmp_path):
     from types import SimpleNamespace
 
-    from vitft.batch_size import auto_batch_size
+    from vitft.training.batch_size import auto_batch_size
 
     (tmp_path / "batch_size.json").write_text(json.dumps({"batch_size": 64}))
     dm = SimpleNamespace(batch_size=2, eval_batch_size=2)

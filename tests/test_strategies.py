@@ -5,13 +5,13 @@ import pytest
 import torch
 
 from tests.conftest import make_cfg
-from vitft.data.datamodule import FolderDataModule
+from vitft.apps.train import train
 from vitft.data.folder import scan_dataset
-from vitft.export.hf import load_model, save_hf
-from vitft.freeze import build_freeze
+from vitft.modelio.hf import load_model, save_hf
 from vitft.models.classifier import build_model
-from vitft.module import ClassifierModule, build_optimizer
-from vitft.train import train
+from vitft.training.datamodule import FolderDataModule
+from vitft.training.freeze import build_freeze
+from vitft.training.module import ClassifierModule, build_optimizer
 
 TINY = {
     "model_type": "vit",

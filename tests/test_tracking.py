@@ -6,8 +6,8 @@ import time
 import pytest
 
 from tests.conftest import make_cfg
-from vitft import tracking
-from vitft.train import train
+from vitft.apps.train import train
+from vitft.training import tracking
 
 
 @pytest.fixture(autouse=True)

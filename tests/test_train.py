@@ -7,13 +7,13 @@ import torch
 from transformers import pipeline
 
 from tests.conftest import TINY_VIT_CONFIG, make_cfg
-from vitft.data.datamodule import FolderDataModule
+from vitft.apps.train import train
+from vitft.core.errors import VitftError
 from vitft.data.folder import scan_dataset
-from vitft.errors import VitftError
-from vitft.freeze import Freeze, build_freeze
 from vitft.models.classifier import build_model
-from vitft.module import ClassifierModule
-from vitft.train import train
+from vitft.training.datamodule import FolderDataModule
+from vitft.training.freeze import Freeze, build_freeze
+from vitft.training.module import ClassifierModule
 
 
 @pytest.mark.parametrize(
@@ -155,7 +155,7 @@ def test_export_pipeline_matches_the_lightning_module(tmp_path, tiny_data):
 
 
 def test_class_weights_auto(tmp_path, tiny_data):
-    from vitft.train import resolve_class_weights
+    from vitft.apps.train import resolve_class_weights
 
     w = resolve_class_weights("auto", torch.tensor([10.0, 30.0, 60.0]))
     assert np.allclose(w, [100 / 30, 100 / 90, 100 / 180], atol=1e-5)

@@ -1,25 +1,12 @@
-"""vitft: fine-tuning Vision Transformers for industrial transfer learning."""
+"""vitft: fine-tuning Vision Transformers for industrial transfer learning.
 
-from pathlib import Path
-
-from omegaconf import OmegaConf
+Importing vitft registers the config resolvers and the ``vitft`` model type with transformers'
+Auto classes, so ``pipeline("image-classification", model=<run>/model)`` loads any vitft head.
+"""
 
 __version__ = "0.1.0"
 
+from vitft.core import resolvers  # noqa: E402
+from vitft.modelio import hf as _hf  # noqa: E402, F401  (registers the vitft model type)
 
-def _project_root() -> str:
-    """The folder holding conf/ (the repo root for an editable install), else the cwd."""
-    here = Path(__file__).resolve().parents[2]
-    return str(here if (here / "conf").is_dir() else Path.cwd())
-
-
-def _run_dir_name(run_name: str | None) -> str:
-    if run_name:
-        return str(run_name)
-    from datetime import datetime
-
-    return "runs/" + datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-
-
-OmegaConf.register_new_resolver("vitft_root", _project_root, replace=True)
-OmegaConf.register_new_resolver("vitft_run_dir", _run_dir_name, replace=True, use_cache=True)
+resolvers.register()

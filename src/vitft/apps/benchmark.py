@@ -10,7 +10,6 @@ import csv
 import json
 import logging
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -19,11 +18,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.flop_counter import FlopCounterMode
 
-from vitft.errors import VitftError
-from vitft.export.formats import FORMATS, export
-from vitft.export.hf import load_model
-from vitft.export.parity import batched, load_images, parity, run_data
-from vitft.export.runtime import load_exported
+from vitft.apps.export import export
+from vitft.core.errors import VitftError
+from vitft.deploy.formats import FORMATS
+from vitft.deploy.parity import batched, load_images, parity, run_data
+from vitft.deploy.runtime import load_exported
+from vitft.modelio.hf import load_model
 
 log = logging.getLogger(__name__)
 
@@ -233,12 +233,3 @@ def translate_argv(argv: list[str]) -> list[str]:
             out.append(arg)
         i += 1
     return out
-
-
-def run(cfg: DictConfig) -> list[dict]:
-    try:
-        return benchmark(cfg)
-    except VitftError as err:
-        log.error("%s", err)
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)

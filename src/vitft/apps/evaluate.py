@@ -30,12 +30,13 @@ from torchmetrics.functional.classification import (
     multiclass_roc,
 )
 
-from vitft import tracking
+from vitft.core import html, plots
+from vitft.core.errors import VitftError
 from vitft.data.folder import class_folders, list_images, scan_dataset
 from vitft.data.images import load_image
-from vitft.errors import VitftError
-from vitft.predict import Predictor, Results
-from vitft.report import html, plots
+from vitft.deploy.explain import Explainer
+from vitft.deploy.predictor import Predictor, Results
+from vitft.training import tracking
 
 log = logging.getLogger(__name__)
 
@@ -154,8 +155,6 @@ def _heatmap_samples(true: torch.Tensor, pred: torch.Tensor, per_class: int) -> 
 
 def _heatmaps(predictor: Predictor, paths, titles, preds, cfg) -> Any | None:
     labels = predictor.labels
-    from vitft.explain import Explainer
-
     model = predictor.backend.model
     if model.config.model_type != "vit":
         log.info("heatmaps: skipped (explain supports ViT backbones)")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,19 +19,19 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from vitft import checkpoints, tracking
-from vitft.batch_size import AUTO, auto_batch_size, initial_batch_size
-from vitft.cache import FeatureDataModule, build_cache, use_cache
+from vitft.core.errors import VitftError
 from vitft.data import doctor
-from vitft.data.datamodule import FolderDataModule
 from vitft.data.folder import scan_dataset
 from vitft.data.transforms import processor_facts
-from vitft.distill import load_teacher
-from vitft.errors import VitftError
-from vitft.export.hf import save_hf
-from vitft.freeze import build_freeze
+from vitft.modelio.hf import save_hf
 from vitft.models.classifier import build_model
-from vitft.module import ClassifierModule
+from vitft.training import checkpoints, tracking
+from vitft.training.batch_size import AUTO, auto_batch_size, initial_batch_size
+from vitft.training.cache import FeatureDataModule, build_cache, use_cache
+from vitft.training.datamodule import FolderDataModule
+from vitft.training.distill import load_teacher
+from vitft.training.freeze import build_freeze
+from vitft.training.module import ClassifierModule
 
 log = logging.getLogger(__name__)
 
@@ -232,16 +231,8 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     }
 
 
-def run(cfg: DictConfig) -> float | None:
-    """Entry point behind train.py: clear errors, trackers always closed, run dir always logged."""
-    try:
-        metrics, _ = train(cfg)
-    except VitftError as err:
-        log.error("%s", err)
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    finally:
-        tracking.finish()
-        log.info("outputs: %s", cfg.paths.output_dir)
+def objective(cfg: DictConfig) -> float | None:
+    """Train, then return ``cfg.optimized_metric`` (what a Hydra sweeper minimises/maximises)."""
+    metrics, _ = train(cfg)
     name = cfg.get("optimized_metric")
     return metrics.get(name) if name else None

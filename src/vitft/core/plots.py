@@ -1,4 +1,5 @@
-"""The evaluation figures (matplotlib, headless): each function returns a Figure."""
+"""The evaluation figures (matplotlib, headless): each function returns a Figure; heatmap
+overlays take arrays and return images."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ matplotlib.use("Agg")  # files only, never a window (servers, CI)
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from matplotlib import colormaps  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from PIL import Image  # noqa: E402
 
@@ -135,8 +138,6 @@ def heatmap_figure(
     explained: str | Sequence[str] | None = None,
 ) -> Figure:
     """One row per image: the image, then one overlay per method (columns)."""
-    from vitft.explain import overlay
-
     rows, cols = len(images), 1 + len(maps)
     fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.7 * rows), squeeze=False)
     for r, img in enumerate(images):
@@ -153,3 +154,20 @@ def heatmap_figure(
             ax.axis("off")
     fig.tight_layout()
     return fig
+
+
+def upsample(heatmap: torch.Tensor | np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A ``(gh, gw)`` map bilinearly resized to ``size`` = (height, width)."""
+    t = torch.as_tensor(np.asarray(heatmap), dtype=torch.float32)[None, None]
+    up = torch.nn.functional.interpolate(t, size=size, mode="bilinear", align_corners=False)
+    return up[0, 0].clamp(min=0).numpy()
+
+
+def overlay(
+    image: Image.Image, heatmap: torch.Tensor | np.ndarray, alpha: float = 0.5
+) -> Image.Image:
+    """The image with the heatmap (jet colormap) blended over it, at the image's size."""
+    heat = upsample(heatmap, (image.height, image.width))
+    colored = colormaps["jet"](heat / max(float(heat.max()), 1e-12))[..., :3]
+    blended = (1 - alpha) * np.asarray(image, dtype=np.float32) / 255 + alpha * colored
+    return Image.fromarray((blended.clip(0, 1) * 255).astype(np.uint8))

@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vitft.errors import VitftError
+from vitft.core.errors import VitftError
 
 log = logging.getLogger(__name__)
 

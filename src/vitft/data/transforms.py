@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vitft.errors import VitftError
+from vitft.core.errors import VitftError
 
 # What inspection and field images vary by: orientation, lighting, focus, sensor noise.
 AUGMENT_PRESETS = {

@@ -28,17 +28,14 @@ the eager attention returns (SDPA does not), so the explainer switches its model
 from __future__ import annotations
 
 import logging
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
-from vitft.data.images import load_image
-from vitft.errors import VitftError
-from vitft.models.backbone import backbone_parts
+from vitft.core.errors import VitftError
+from vitft.core.plots import upsample
 from vitft.models.classifier import ImageClassifier
+from vitft.models.parts import backbone_parts
 
 log = logging.getLogger(__name__)
 
@@ -182,25 +179,6 @@ class Explainer:
         return maps
 
 
-def upsample(heatmap: torch.Tensor | np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """A ``(gh, gw)`` map bilinearly resized to ``size`` = (height, width)."""
-    t = torch.as_tensor(np.asarray(heatmap), dtype=torch.float32)[None, None]
-    up = torch.nn.functional.interpolate(t, size=size, mode="bilinear", align_corners=False)
-    return up[0, 0].clamp(min=0).numpy()
-
-
-def overlay(
-    image: Image.Image, heatmap: torch.Tensor | np.ndarray, alpha: float = 0.5
-) -> Image.Image:
-    """The image with the heatmap (jet colormap) blended over it, at the image's size."""
-    from matplotlib import colormaps
-
-    heat = upsample(heatmap, (image.height, image.width))
-    colored = colormaps["jet"](heat / max(float(heat.max()), 1e-12))[..., :3]
-    blended = (1 - alpha) * np.asarray(image, dtype=np.float32) / 255 + alpha * colored
-    return Image.fromarray((blended.clip(0, 1) * 255).astype(np.uint8))
-
-
 def mask_mass(heatmap: torch.Tensor | np.ndarray, mask: np.ndarray) -> tuple[float, float]:
     """(fraction of heatmap mass inside ``mask``, mask's area fraction), at the mask's size.
 
@@ -211,47 +189,3 @@ def mask_mass(heatmap: torch.Tensor | np.ndarray, mask: np.ndarray) -> tuple[flo
     total = float(heat.sum())
     inside = float(heat[mask].sum()) / total if total > 0 else 0.0
     return inside, float(mask.mean())
-
-
-def explain(cfg: Any) -> list[Path]:
-    """explain.py: one PNG per input image (image | one map per method) in ``cfg.output_dir``."""
-    from vitft.predict import Predictor, resolve_inputs
-    from vitft.report.plots import heatmap_figure, save
-
-    if not cfg.get("inputs"):
-        raise VitftError("set inputs=<image | folder | glob> (a list works too)")
-    predictor = Predictor.from_path(cfg.get("model_dir"), cfg.get("ckpt_path"), device="cpu")
-    model = predictor.backend.model
-    explainer = Explainer(model, float(cfg.discard_ratio), str(cfg.head_fusion))
-    methods = list(cfg.methods)
-    target = None
-    if cfg.get("target"):
-        if cfg.target not in predictor.labels:
-            raise VitftError(
-                f"target={cfg.target!r} is not a class of the model: {predictor.labels}"
-            )
-        target = predictor.labels.index(cfg.target)
-    inputs = cfg.inputs if isinstance(cfg.inputs, str) else list(cfg.inputs)
-    paths, bad = resolve_inputs(inputs)
-    out_dir = Path(cfg.paths.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
-    for path in paths:
-        try:
-            image = load_image(path)
-        except (OSError, ValueError) as err:
-            log.warning("skipped %s: %s", path, err)
-            continue
-        pixels = predictor.transform(image)[None]
-        probs = predictor.probabilities(pixels)[0]
-        cls = int(probs.argmax()) if target is None else target
-        maps = explainer.explain(pixels, methods, torch.tensor([cls]))
-        title = f"{path.name}: {predictor.labels[int(probs.argmax())]} {float(probs.max()):.2f}"
-        fig = heatmap_figure(
-            [image], {m: [maps[m][0]] for m in methods}, [title], explained=predictor.labels[cls]
-        )
-        written.append(save(fig, out_dir / f"{path.stem}_explain.png"))
-    for b in bad:
-        log.warning("skipped %s: %s", b.path, b.reason)
-    print(f"wrote {len(written)} heatmap figure(s) to {out_dir}")
-    return written

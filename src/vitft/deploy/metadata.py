@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from vitft import __version__
-from vitft.errors import VitftError
+from vitft.core.errors import VitftError
 
 METADATA_FILE = "metadata.json"
 PARITY_FILE = "parity.json"

@@ -15,11 +15,11 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from vitft.core.errors import VitftError
 from vitft.data.folder import scan_dataset
 from vitft.data.images import load_image
 from vitft.data.transforms import ImageTransform
-from vitft.errors import VitftError
-from vitft.export.metadata import PARITY_FILE
+from vitft.deploy.metadata import PARITY_FILE
 
 log = logging.getLogger(__name__)
 

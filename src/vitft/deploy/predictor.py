@@ -9,13 +9,11 @@ Never imports Lightning: a checkpoint is read with ``torch.load(weights_only=Tru
 
 from __future__ import annotations
 
-import csv
 import glob
-import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +21,14 @@ import torch
 import transformers
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
-from transformers import AutoConfig, AutoModelForImageClassification
+from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
 
+from vitft.core.errors import VitftError
 from vitft.data.folder import list_images
 from vitft.data.images import load_image
 from vitft.data.transforms import ImageTransform
-from vitft.errors import VitftError
-from vitft.export.hf import load_model
+from vitft.deploy.runtime import load_exported
+from vitft.modelio.hf import load_model
 from vitft.models.classifier import ImageClassifier
 
 log = logging.getLogger(__name__)
@@ -82,10 +81,6 @@ def load_classifier(
 
 def exported_backend(folder: str | Path, threads: int | None = None):
     """(backend, labels, processor) of an export folder written by export.py."""
-    from transformers import AutoImageProcessor
-
-    from vitft.export.runtime import load_exported
-
     run, meta = load_exported(folder, threads=threads)
 
     def backend(pixel_values: torch.Tensor) -> torch.Tensor:
@@ -317,72 +312,3 @@ class Predictor:
         for b in results.bad_files:
             log.warning("skipped %s: %s", b.path, b.reason)
         return results
-
-
-def write_predictions(results: Results, output: str | Path, labels: list[str]) -> Path:
-    """CSV (one row per image, ``prob_<class>`` columns) or JSON (by the file's suffix)."""
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    if output.suffix.lower() == ".json":
-        doc = {
-            "labels": labels,
-            "predictions": [asdict(p) for p in results.predictions],
-            "bad_files": [asdict(b) for b in results.bad_files],
-        }
-        output.write_text(json.dumps(doc, indent=2))
-        return output
-    with output.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(
-            [
-                "path",
-                "label",
-                "predicted",
-                "confidence",
-                *[f"prob_{c}" for c in labels],
-                "latency_ms",
-            ]
-        )
-        for p in results.predictions:
-            writer.writerow(
-                [p.path, p.label, p.predicted, f"{p.confidence:.6f}"]
-                + [f"{p.probs[c]:.6f}" for c in labels]
-                + [f"{p.latency_ms:.3f}"]
-            )
-    return output
-
-
-def predict(cfg: Any) -> Results:
-    """predict.py: predict ``cfg.inputs`` and write ``cfg.output`` (CSV, or JSON by suffix)."""
-    if cfg.get("format") not in (None, "csv", "json"):
-        raise VitftError(f"format={cfg.format!r} is unknown; use csv or json")
-    if not cfg.get("inputs"):
-        raise VitftError("set inputs=<image | folder | glob> (a list works too)")
-    transformers.utils.logging.disable_progress_bar()
-    thresholds = cfg.get("class_thresholds") or {}
-    predictor = Predictor.from_path(
-        cfg.get("model_dir"),
-        cfg.get("ckpt_path"),
-        device=cfg.get("device"),
-        threshold=float(cfg.get("threshold") or 0.0),
-        class_thresholds={str(k): float(v) for k, v in dict(thresholds).items()},
-        tta=bool(cfg.get("tta")),
-        batch_size=int(cfg.get("batch_size", 32)),
-        num_workers=int(cfg.get("num_workers", 0)),
-    )
-    inputs = cfg.inputs if isinstance(cfg.inputs, str) else list(cfg.inputs)
-    results = predictor.predict_files(inputs, progress=cfg.get("progress"))
-    output = Path(cfg.output)
-    if cfg.get("format"):
-        output = output.with_suffix("." + cfg.format)
-    write_predictions(results, output, predictor.labels)
-    n_unc = sum(p.label == UNCERTAIN for p in results.predictions)
-    print(
-        f"predicted {len(results.predictions)} image(s) -> {output}"
-        + (f"; {n_unc} uncertain (below threshold)" if n_unc else "")
-    )
-    if results.bad_files:
-        print(f"skipped {len(results.bad_files)} bad file(s):")
-        for b in results.bad_files:
-            print(f"  {b.path}: {b.reason}")
-    return results

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vitft.export.onnx import INPUT_NAME
+from vitft.deploy.onnx import INPUT_NAME
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vitft.errors import VitftError
-from vitft.export.metadata import METADATA_FILE, read_metadata
+from vitft.core.errors import VitftError
+from vitft.data.transforms import processor_facts
+from vitft.deploy.metadata import METADATA_FILE, read_metadata
+from vitft.modelio.hf import load_model
 
 Predict = Callable[[np.ndarray], np.ndarray]
 
@@ -24,8 +26,6 @@ def _torch_threads(threads: int | None) -> None:
 
 
 def _pytorch(folder: Path, meta: dict, threads: int | None) -> Predict:
-    from vitft.export.hf import load_model
-
     _torch_threads(threads)
     model, _ = load_model(folder)
 
@@ -104,9 +104,6 @@ def load_exported(folder: str | Path, threads: int | None = None) -> tuple[Predi
     """
     folder = Path(folder)
     if not (folder / METADATA_FILE).is_file() and (folder / "config.json").is_file():
-        from vitft.data.transforms import processor_facts
-        from vitft.export.hf import load_model
-
         model, processor = load_model(folder)
         meta = {
             "format": "pytorch",

@@ -11,6 +11,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vitft.core.errors import VitftError
+
 log = logging.getLogger(__name__)
 
 
@@ -19,8 +21,6 @@ def export_tflite(model: nn.Module, path: str | Path, image_size: list[int]) -> 
     try:
         import litert_torch
     except ImportError as err:
-        from vitft.errors import VitftError
-
         raise VitftError(
             "formats=[tflite] needs LiteRT: pip install litert-torch ai-edge-litert "
             "ai-edge-quantizer (the `edge` extra; see README, Deploy)"

@@ -25,12 +25,12 @@ from transformers import (
 )
 from transformers.modeling_outputs import ImageClassifierOutput
 
-from vitft.errors import VitftError
-from vitft.export.prune import apply_pruned_structure, load_pruned
-from vitft.models.backbone import classifier_in_features
+from vitft.core.errors import VitftError
 from vitft.models.classifier import ImageClassifier
 from vitft.models.heads import LinearHead, build_head
 from vitft.models.lora import merged_backbone
+from vitft.models.parts import classifier_in_features
+from vitft.models.pruning import apply_pruned_structure, load_pruned
 
 VITFT_MODEL_TYPE = "vitft"
 
@@ -58,7 +58,7 @@ class VitftForImageClassification(PreTrainedModel):
         backbone_cfg = dict(config.backbone)
         backbone_config = AutoConfig.for_model(backbone_cfg.pop("model_type"), **backbone_cfg)
         self.backbone = AutoModelForImageClassification.from_config(backbone_config)
-        apply_pruned_structure(self.backbone)  # a head-pruned backbone (vitft.export.prune)
+        apply_pruned_structure(self.backbone)  # a head-pruned backbone (vitft.models.pruning)
         in_features = classifier_in_features(self.backbone)
         self.backbone.classifier = nn.Identity()
         self.head = build_head(config.head, in_features, config.num_labels)

@@ -1,7 +1,6 @@
 """Load HF image backbones: from the hub, from a local HF directory, or built from a config.
 
-This is the one place that knows each architecture's embeddings, ordered blocks and the modules
-after the last block (``ARCHITECTURES``); freezing strategies ask ``backbone_parts`` for them.
+Where each architecture keeps its embeddings, blocks and norm is in ``vitft.models.parts``.
 """
 
 from __future__ import annotations
@@ -9,13 +8,11 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import transformers
 from omegaconf import OmegaConf
-from torch import nn
 from transformers import (
     AutoConfig,
     AutoImageProcessor,
@@ -24,51 +21,11 @@ from transformers import (
 )
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
 
-from vitft.errors import VitftError
+from vitft.core.errors import VitftError
+from vitft.models.parts import ARCHITECTURES
+from vitft.models.pruning import load_pruned
 
 log = logging.getLogger(__name__)
-
-# model_type -> (embeddings, ordered blocks, modules after the last block), as attribute paths
-# on the HF *ForImageClassification model. For hierarchical backbones (Swin, ConvNeXt, MobileViT)
-# a "block" is a stage: freeze.n then counts stages.
-ARCHITECTURES: dict[str, tuple[str, str, tuple[str, ...]]] = {
-    "vit": ("vit.embeddings", "vit.layers", ("vit.layernorm",)),
-    "deit": ("deit.embeddings", "deit.layers", ("deit.layernorm",)),
-    "dinov2": ("dinov2.embeddings", "dinov2.encoder.layer", ("dinov2.layernorm",)),
-    "swin": ("swin.embeddings", "swin.encoder.layers", ("swin.layernorm",)),
-    "convnext": ("convnext.embeddings", "convnext.encoder.stages", ("convnext.layernorm",)),
-    "mobilevit": ("mobilevit.conv_stem", "mobilevit.encoder.layer", ("mobilevit.conv_1x1_exp",)),
-}
-
-
-@dataclass
-class BackboneParts:
-    embeddings: nn.Module
-    blocks: list[nn.Module]
-    post: list[nn.Module]
-
-
-def _get(module: nn.Module, path: str) -> nn.Module:
-    for name in path.split("."):
-        module = getattr(module, name)
-    return module
-
-
-def backbone_parts(hf_model: PreTrainedModel) -> BackboneParts:
-    """Embeddings, ordered blocks and post-block modules of an HF image classifier."""
-    model_type = hf_model.config.model_type
-    if model_type not in ARCHITECTURES:
-        raise VitftError(
-            f"freezing does not know the layout of model_type={model_type!r}; known: "
-            f"{sorted(ARCHITECTURES)}. Use freeze=none or freeze=backbone, or add it to "
-            "vitft.models.backbone.ARCHITECTURES."
-        )
-    emb, blocks, post = ARCHITECTURES[model_type]
-    return BackboneParts(
-        embeddings=_get(hf_model, emb),
-        blocks=list(_get(hf_model, blocks)),
-        post=[_get(hf_model, p) for p in post],
-    )
 
 
 def _label_kwargs(labels: list[str]) -> dict[str, Any]:
@@ -137,8 +94,6 @@ def load_backbone(model_cfg: dict, labels: list[str]) -> tuple[PreTrainedModel, 
             )
         source = str(local) if local.exists() else source
         try:
-            from vitft.export.prune import load_pruned  # a head-pruned vitft model dir
-
             model = (
                 load_pruned(source, **_label_kwargs(labels)) if local.exists() else None
             ) or AutoModelForImageClassification.from_pretrained(
@@ -196,13 +151,3 @@ def _classifier_class_name(model_type: str) -> str:
             f"transformers {transformers.__version__}"
         )
     return names[0] if isinstance(names, tuple) else names
-
-
-def classifier_in_features(hf_model: PreTrainedModel) -> int:
-    """Width of the features the HF model feeds to its ``classifier``."""
-    clf = getattr(hf_model, "classifier", None)
-    if not isinstance(clf, nn.Linear):
-        raise VitftError(
-            f"{type(hf_model).__name__} has no linear `classifier` to replace with a vitft head"
-        )
-    return clf.in_features

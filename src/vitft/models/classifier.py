@@ -13,8 +13,10 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from vitft.models.backbone import classifier_in_features, load_backbone
+from vitft.models.backbone import load_backbone
 from vitft.models.heads import LinearHead, build_head
+from vitft.models.parts import classifier_in_features
+from vitft.models.resolution import set_image_size
 
 
 class ImageClassifier(nn.Module):
@@ -63,8 +65,6 @@ def build_model(model_cfg: dict, head_cfg: dict, labels: list[str]) -> tuple[Ima
     model = ImageClassifier.from_hf(hf_model, head_cfg)
     if model_cfg.get("image_size"):
         # Train at another resolution: position embeddings interpolated to the new grid.
-        from vitft.models.resolution import set_image_size
-
         set_image_size(model, processor, int(model_cfg["image_size"]))
     if model_cfg.get("compile"):
         model.compile()  # in place: parameter names (checkpoints, export) stay the same

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from vitft.errors import VitftError
+from vitft.core.errors import VitftError
 
 
 def add_lora(

@@ -20,8 +20,8 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForImageClassification, PreTrainedModel
 
-from vitft.errors import VitftError
-from vitft.models.backbone import backbone_parts
+from vitft.core.errors import VitftError
+from vitft.models.parts import backbone_parts
 
 log = logging.getLogger(__name__)
 
@@ -170,59 +170,3 @@ def load_pruned(model_dir: str | Path, **kwargs) -> PreTrainedModel | None:
         return None
     base = AutoModelForImageClassification._model_mapping[type(config)]
     return _pruned_class(base).from_pretrained(model_dir, **kwargs).eval()
-
-
-def prune(cfg) -> dict:
-    """Score heads on training images, remove ``cfg.heads`` per layer, save an HF model dir."""
-    import json
-
-    import yaml
-
-    from vitft.data.transforms import processor_facts
-    from vitft.export.hf import load_model, save_hf
-    from vitft.export.parity import load_images, run_data
-
-    model_dir = Path(cfg.model_dir).expanduser()
-    model, processor = load_model(model_dir)
-    data = run_data(model_dir, cfg.get("data_dir"))
-    images = load_images(data["data_dir"], model.labels, processor, "train", cfg.importance_images)
-    x, y = torch.from_numpy(images.x), torch.from_numpy(images.y)
-    bs = int(cfg.batch_size)
-    scores = head_importance(model, [(x[i : i + bs], y[i : i + bs]) for i in range(0, len(y), bs)])
-    before = sum(p.numel() for p in model.parameters())
-    remove = lowest_heads(scores, int(cfg.heads))
-    prune_heads(model.backbone, remove)
-    after = sum(p.numel() for p in model.parameters())
-    out = Path(cfg.output_dir).expanduser()
-    save_hf(
-        model,
-        processor,
-        out / "model",
-        meta={**processor_facts(processor), "pruned_from": str(model_dir)},
-    )
-    (out / "config.yaml").write_text(yaml.safe_dump({"data": data}))
-    report = {
-        "heads_removed": {str(k): v for k, v in remove.items()},
-        "heads_per_layer": head_counts(model.backbone),
-        "importance": scores.tolist(),
-        "params_before": before,
-        "params_after": after,
-    }
-    (out / "pruning.json").write_text(json.dumps(report, indent=2))
-    print(
-        f"pruned {cfg.heads} heads per layer: heads per layer {report['heads_per_layer']}, "
-        f"params {before / 1e6:.2f}M -> {after / 1e6:.2f}M ({after / before:.1%}); "
-        f"wrote {out / 'model'}"
-    )
-    return report
-
-
-def run(cfg) -> dict:
-    import sys
-
-    try:
-        return prune(cfg)
-    except VitftError as err:
-        log.error("%s", err)
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vitft.errors import VitftError
-from vitft.models.backbone import backbone_parts
+from vitft.core.errors import VitftError
+from vitft.models.parts import backbone_parts
 
 
 def set_image_size(model: nn.Module, processor: Any, size: int) -> None:

@@ -1,19 +1,25 @@
-"""What every root script shares: user-fixable errors print one line and exit 2, no traceback."""
+"""The one entry wrapper every command runs through (lightning-hydra-template's task_wrapper).
+
+A user-fixable error (VitftError) prints one line, ``error: ...``, and exits with code 2, without
+a traceback; trackers are always closed, and the run dir is always logged, even on failure.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
-from vitft import tracking
-from vitft.errors import VitftError
+from vitft.core.errors import VitftError
+from vitft.training import tracking
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 
-def run_entry(fn: Callable[[Any], Any], cfg: Any) -> Any:
+
+def run_entry(fn: Callable[[Any], T], cfg: Any) -> T:
     """Call ``fn(cfg)``; a VitftError becomes ``error: ...`` on stderr and exit code 2."""
     try:
         return fn(cfg)
@@ -23,3 +29,13 @@ def run_entry(fn: Callable[[Any], Any], cfg: Any) -> Any:
         sys.exit(2)
     finally:
         tracking.finish()
+        output_dir = _output_dir(cfg)
+        if output_dir:
+            log.info("outputs: %s", output_dir)
+
+
+def _output_dir(cfg: Any) -> str | None:
+    try:
+        return str(cfg.paths.output_dir)
+    except Exception:  # a config without paths (tests, plain dicts) has no run dir to name
+        return None

@@ -15,7 +15,7 @@ from typing import Any
 
 import lightning as L
 
-from vitft.errors import VitftError
+from vitft.core.errors import VitftError
 
 log = logging.getLogger(__name__)
 

@@ -32,10 +32,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from vitft.data.datamodule import FolderDataModule, ImageDataset, ResumableLoader
+from vitft.core.errors import VitftError
 from vitft.data.folder import Sample
 from vitft.data.transforms import ImageTransform
-from vitft.errors import VitftError
+from vitft.training.datamodule import FolderDataModule, ImageDataset, ResumableLoader
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from vitft.errors import VitftError
+from vitft.core.errors import VitftError
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vitft.errors import VitftError
+from vitft.core.errors import VitftError
+from vitft.data.transforms import processor_facts
+from vitft.modelio.hf import load_model
 
 
 def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -45,9 +47,6 @@ def load_teacher(distill_cfg: dict | None, labels: list[str], processor) -> Teac
     """The teacher named by ``distill.teacher`` (an HF model dir), checked against the student."""
     if not distill_cfg or not distill_cfg.get("teacher"):
         return None
-    from vitft.data.transforms import processor_facts
-    from vitft.export.hf import load_model
-
     model, teacher_processor = load_model(distill_cfg["teacher"])
     if model.labels != list(labels):
         raise VitftError(

@@ -32,9 +32,10 @@ from lightning.pytorch.callbacks import BaseFinetuning
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
-from vitft.errors import VitftError
-from vitft.models.backbone import backbone_parts
+from vitft.core.errors import VitftError
 from vitft.models.classifier import ImageClassifier
+from vitft.models.lora import add_lora
+from vitft.models.parts import backbone_parts
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +93,6 @@ class Freeze(BaseFinetuning):
     def prepare(self, model: ImageClassifier) -> None:
         """Change the model's structure where the strategy needs it (LoRA adapters)."""
         if self.name == "lora":
-            from vitft.models.lora import add_lora
-
             add_lora(model, **self.lora)
 
     # -- what is frozen -----------------------------------------------------------------------

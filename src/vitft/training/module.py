@@ -17,10 +17,10 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torchmetrics import MeanMetric
 
-from vitft.distill import kd_loss
-from vitft.metrics import build_confusion, build_metrics, flatten
-from vitft.models.backbone import backbone_parts
 from vitft.models.classifier import ImageClassifier
+from vitft.models.parts import backbone_parts
+from vitft.training.distill import kd_loss
+from vitft.training.metrics import build_confusion, build_metrics, flatten
 
 # Parameters that never get weight decay besides norms and biases (timm's rule: all 1-d params).
 NO_DECAY_NAMES = ("cls_token", "position_embeddings", "pos_embed", "mask_token", "register_tokens")
@@ -113,7 +113,7 @@ class ClassifierModule(L.LightningModule):
         self.model = model
         self.processor = processor or {}
         self.wandb_id = wandb_id
-        # Knowledge distillation (vitft.distill): a frozen teacher, kept out of the state dict.
+        # Knowledge distillation (training.distill): a frozen teacher, kept out of the state dict.
         self.teacher = teacher
         self.distill = _plain(distill) or {}
         self.param_counts: dict[str, int] = {}
@@ -144,7 +144,7 @@ class ClassifierModule(L.LightningModule):
         return self.model.labels
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        # 2-d batches are cached backbone features (vitft.cache): only the head runs.
+        # 2-d batches are cached backbone features (vitft.training.cache): only the head runs.
         if pixel_values.ndim == 2:
             return self.model.head(pixel_values)
         return self.model(pixel_values)

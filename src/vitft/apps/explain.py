@@ -1,0 +1,58 @@
+"""explain(cfg): one PNG per input image (the image, then one heatmap per method)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vitft.core.errors import VitftError
+from vitft.core.plots import heatmap_figure, save
+from vitft.data.images import load_image
+from vitft.deploy.explain import Explainer
+from vitft.deploy.predictor import Predictor, resolve_inputs
+
+log = logging.getLogger(__name__)
+
+
+def explain(cfg: Any) -> list[Path]:
+    """explain.py: one PNG per input image (image | one map per method) in ``cfg.output_dir``."""
+    if not cfg.get("inputs"):
+        raise VitftError("set inputs=<image | folder | glob> (a list works too)")
+    predictor = Predictor.from_path(cfg.get("model_dir"), cfg.get("ckpt_path"), device="cpu")
+    model = predictor.backend.model
+    explainer = Explainer(model, float(cfg.discard_ratio), str(cfg.head_fusion))
+    methods = list(cfg.methods)
+    target = None
+    if cfg.get("target"):
+        if cfg.target not in predictor.labels:
+            raise VitftError(
+                f"target={cfg.target!r} is not a class of the model: {predictor.labels}"
+            )
+        target = predictor.labels.index(cfg.target)
+    inputs = cfg.inputs if isinstance(cfg.inputs, str) else list(cfg.inputs)
+    paths, bad = resolve_inputs(inputs)
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for path in paths:
+        try:
+            image = load_image(path)
+        except (OSError, ValueError) as err:
+            log.warning("skipped %s: %s", path, err)
+            continue
+        pixels = predictor.transform(image)[None]
+        probs = predictor.probabilities(pixels)[0]
+        cls = int(probs.argmax()) if target is None else target
+        maps = explainer.explain(pixels, methods, torch.tensor([cls]))
+        title = f"{path.name}: {predictor.labels[int(probs.argmax())]} {float(probs.max()):.2f}"
+        fig = heatmap_figure(
+            [image], {m: [maps[m][0]] for m in methods}, [title], explained=predictor.labels[cls]
+        )
+        written.append(save(fig, out_dir / f"{path.stem}_explain.png"))
+    for b in bad:
+        log.warning("skipped %s: %s", b.path, b.reason)
+    print(f"wrote {len(written)} heatmap figure(s) to {out_dir}")
+    return written

@@ -1,0 +1,116 @@
+"""export(cfg): one folder per format (model file + metadata.json + parity.json), checked.
+
+model dir -> plain ImageClassifier -> each format -> reload with its own runtime -> parity with
+PyTorch fp32 on the task's val images -> fail loudly when a format disagrees.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from vitft.core.errors import VitftError
+from vitft.data.transforms import processor_facts
+from vitft.deploy import quantize
+from vitft.deploy.formats import FORMATS, check_formats, write_format
+from vitft.deploy.metadata import build_metadata, write_metadata
+from vitft.deploy.parity import batched, format_row, load_images, parity, run_data, write_parity
+from vitft.deploy.runtime import load_exported
+from vitft.modelio.hf import load_model
+from vitft.models.resolution import set_image_size
+
+log = logging.getLogger(__name__)
+
+
+def export(cfg: DictConfig) -> dict[str, dict]:
+    """Export ``cfg.model_dir`` to ``cfg.formats`` under ``cfg.output_dir``; returns parity."""
+    formats = check_formats(list(cfg.formats))
+    model_dir = Path(cfg.model_dir).expanduser()
+    model, processor = load_model(model_dir)
+    if cfg.get("image_size"):
+        set_image_size(model, processor, int(cfg.image_size))
+    facts = processor_facts(processor)
+    size = facts["image_size"]
+    out = Path(cfg.output_dir).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+
+    data = run_data(model_dir, cfg.get("data_dir"))
+    split_args = {
+        "val_fraction": data.get("val_fraction", 0.15),
+        "test_fraction": data.get("test_fraction", 0.15),
+        "split_seed": data.get("split_seed", 0),
+    }
+    par = cfg.parity
+    images = load_images(
+        data["data_dir"], model.labels, processor, par.split, par.get("max_images"), **split_args
+    )
+    calibration = None
+    if "onnx_int8_static" in formats:
+        calibration = load_images(
+            data["data_dir"], model.labels, processor, "train", cfg.calibration_images, **split_args
+        )
+    with torch.inference_mode():
+        reference = batched(lambda x: model(torch.from_numpy(x)).numpy(), images.x)
+
+    results: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for fmt in formats:
+            spec = FORMATS[fmt]
+            folder = out / fmt
+            folder.mkdir(parents=True, exist_ok=True)
+            log.info("export %s -> %s", fmt, folder)
+            write_format(fmt, model, folder / spec.file, size, Path(tmp), calibration, cfg.opset)
+            meta = build_metadata(
+                fmt=fmt,
+                precision=spec.precision,
+                runtime=spec.runtime,
+                file=spec.file,
+                labels=model.labels,
+                facts=facts,
+                model_dir=model_dir,
+                description=spec.description,
+                batch="dynamic" if spec.runtime != "litert" else 1,
+                opset=cfg.opset if spec.runtime == "onnxruntime" else None,
+                **(
+                    {"quantization": quantize.ONNX_INT8_FACTS[fmt]}
+                    if fmt in quantize.ONNX_INT8_FACTS
+                    else {}
+                ),
+            )
+            write_metadata(folder, meta)
+            processor.save_pretrained(folder)  # the exact preprocessing, for predict.py
+            predict, _ = load_exported(folder, threads=cfg.get("threads"))
+            result = parity(
+                reference, batched(predict, images.x, int(par.get("batch_size") or 1)), images.y
+            )
+            threshold = float(par.int8_threshold if spec.precision == "int8" else par.threshold)
+            result.update(
+                format=fmt,
+                split=images.split,
+                data_dir=images.root,
+                threshold=threshold,
+                batch_size=int(par.get("batch_size") or 1),
+                passed=result["agreement"] >= threshold,
+                size_mb=(folder / spec.file).stat().st_size / 1e6,
+            )
+            write_parity(folder, result)
+            print(format_row(fmt, result), flush=True)
+            results[fmt] = result
+    (out / "parity.json").write_text(json.dumps(results, indent=2))
+    failed = [f for f, r in results.items() if not r["passed"]]
+    if failed and par.get("fail", True):
+        raise VitftError(
+            "parity check failed for "
+            + ", ".join(
+                f"{f} (agreement {results[f]['agreement']:.2%} < {results[f]['threshold']:.2%})"
+                for f in failed
+            )
+            + f" on {images.split} images of {images.root}; the files are kept in {out} for "
+            "inspection. Lower parity.threshold / parity.int8_threshold only if that is acceptable."
+        )
+    return results
