@@ -89,14 +89,16 @@ def main(argv: list[str] | None = None) -> Any:
 
         rest = translate_argv(rest)
     fn = _resolve(target)
-    # Hydra reads its overrides from sys.argv; the job name names the log file (train.log ...).
-    sys.argv = [f"vitft {cmd}", *rest, f"hydra.job.name={config_name}"]
+    sys.argv = [f"vitft {cmd}", *rest]  # Hydra reads its flags and overrides from sys.argv
 
-    @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name=config_name)
     def _main(cfg: DictConfig) -> Any:
         result = run_entry(fn, cfg)
         if cmd in EXIT_STATUS:
             sys.exit(result)
         return result
 
-    return _main()
+    # Hydra names the job (and its log file, train.log ...) after the task function's module.
+    _main.__module__ = config_name
+    return hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name=config_name)(
+        _main
+    )()
