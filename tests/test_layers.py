@@ -40,6 +40,8 @@ def test_no_function_level_vitft_imports():
     """A vitft import inside a function hides a cycle: something sits in the wrong layer."""
     found = []
     for path in SRC.rglob("*.py"):
+        if path.name == "console.py":  # the dispatcher sets OMP_WAIT_POLICY before torch loads
+            continue
         tree = ast.parse(path.read_text())
         for fn in ast.walk(tree):
             if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
