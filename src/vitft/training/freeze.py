@@ -36,6 +36,12 @@ from vitft.core.errors import VitftError
 from vitft.models.classifier import ImageClassifier
 from vitft.models.lora import add_lora
 from vitft.models.parts import backbone_parts
+from vitft.training.distributed import (
+    check_staged_strategy,
+    keep_unused_frozen,
+    resync_ddp,
+    trainable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +127,7 @@ class Freeze(BaseFinetuning):
         elif self.name == "lora":
             for name, p in model.backbone.named_parameters():
                 p.requires_grad = "lora_" in name
+        keep_unused_frozen(model)
 
     def freeze_before_training(self, pl_module) -> None:
         self.apply(pl_module.model)
@@ -143,7 +150,13 @@ class Freeze(BaseFinetuning):
     def _unfreeze(self, modules: list[nn.Module], optimizer, pl_module) -> None:
         lr = optimizer.param_groups[0]["lr"] * self.backbone_lr_ratio
         before = len(optimizer.param_groups)
-        self.unfreeze_and_add_param_group(modules, optimizer, lr=lr, train_bn=False)
+        # BaseFinetuning.unfreeze_and_add_param_group, with unused parameters kept out.
+        self.make_trainable(modules)
+        keep_unused_frozen(pl_module.model)
+        params = self.filter_params(modules, train_bn=False, requires_grad=True)
+        params = self.filter_on_optimizer(optimizer, params)
+        if params:
+            optimizer.add_param_group({"params": params, "lr": lr})
         self._extend_schedules(pl_module.trainer, optimizer)
         if len(optimizer.param_groups) > before:
             rank_zero_info(f"freeze={self.name}: unfroze {len(modules)} module(s), lr={lr:.2e}")
@@ -151,6 +164,12 @@ class Freeze(BaseFinetuning):
 
     def finetune_function(self, pl_module, current_epoch: int, optimizer) -> None:
         model = pl_module.model
+        before = trainable(model)
+        self._finetune(model, current_epoch, optimizer, pl_module)
+        if trainable(model) != before:  # also on resume: requires_grad is restored here
+            resync_ddp(pl_module.trainer)
+
+    def _finetune(self, model, current_epoch: int, optimizer, pl_module) -> None:
         if self.name == "freeze_unfreeze" and current_epoch >= self.unfreeze_epoch:
             self._unfreeze([model.backbone], optimizer, pl_module)
         elif self.name == "unfreeze_milestones":
@@ -161,6 +180,8 @@ class Freeze(BaseFinetuning):
 
     def on_fit_start(self, trainer, pl_module) -> None:
         super().on_fit_start(trainer, pl_module)  # on resume: restores the added param groups
+        if self.name in STAGED:
+            check_staged_strategy(trainer, self.name)
         for optimizer in trainer.optimizers:
             self._extend_schedules(trainer, optimizer)
         counts = parameter_counts(pl_module.model)
