@@ -13,9 +13,9 @@ from vitft.deploy.predictor import (
     UNCERTAIN,
     Predictor,
     TorchBackend,
-    load_checkpoint,
     tta_views,
 )
+from vitft.modelio.checkpoint import load_checkpoint
 from vitft.modelio.hf import save_hf
 from vitft.models.classifier import build_model
 

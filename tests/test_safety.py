@@ -13,9 +13,10 @@ from hydra.errors import ConfigCompositionException
 from tests.conftest import ROOT, make_cfg
 from vitft.apps.train import resolve_ckpt_path, train
 from vitft.core.errors import VitftError
+from vitft.modelio.checkpoint import read_checkpoint
 from vitft.modelio.hf import load_model
 from vitft.models.backbone import load_backbone
-from vitft.training.checkpoints import AtomicCheckpointIO, newest_checkpoint, read_checkpoint
+from vitft.training.checkpoints import AtomicCheckpointIO, newest_checkpoint
 
 
 class Payload:

@@ -23,6 +23,7 @@ from vitft.core.errors import VitftError
 from vitft.data import doctor
 from vitft.data.folder import scan_dataset
 from vitft.data.transforms import processor_facts
+from vitft.modelio.checkpoint import check_labels
 from vitft.modelio.hf import save_hf
 from vitft.models.classifier import build_model
 from vitft.training import checkpoints, tracking
@@ -114,7 +115,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     )
     log.info("dataset %s\n%s", splits.root, splits.summary())
     if ckpt_path:
-        checkpoints.check_labels(ckpt_path, splits.classes)
+        check_labels(ckpt_path, splits.classes)
 
     model, processor = build_model(cfg.model, cfg.head, splits.classes)
     freeze = build_freeze(cfg.freeze, model)

@@ -18,65 +18,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import transformers
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
-from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
+from transformers import AutoImageProcessor
 
 from vitft.core.errors import VitftError
 from vitft.data.folder import list_images
 from vitft.data.images import load_image
 from vitft.data.transforms import ImageTransform
 from vitft.deploy.runtime import load_exported
-from vitft.modelio.hf import load_model
-from vitft.models.classifier import ImageClassifier
+from vitft.modelio.checkpoint import load_classifier
 
 log = logging.getLogger(__name__)
 
 UNCERTAIN = "uncertain"
 # (N, 3, H, W) float32 pixels -> (N, classes) logits
 Backend = Callable[[torch.Tensor], torch.Tensor]
-
-
-def load_checkpoint(ckpt_path: str | Path) -> tuple[ImageClassifier, Any]:
-    """Rebuild the plain model + image processor from a vitft Lightning checkpoint."""
-    path = Path(ckpt_path).expanduser()
-    if not path.is_file():
-        raise VitftError(f"ckpt_path={ckpt_path} does not exist (or is not a file)")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated, not a torch file, or pickled code (weights_only)
-        raise VitftError(
-            f"could not read checkpoint {path} ({type(err).__name__}: {err}); is it complete "
-            "and written by train.py?"
-        ) from err
-    meta = ckpt.get("vitft")
-    if not meta:
-        raise VitftError(
-            f"{path} is not a vitft checkpoint (no 'vitft' block): pass a checkpoint written by "
-            "train.py (outputs/<run>/checkpoints/best.ckpt) or model_dir=outputs/<run>/model"
-        )
-    backbone_cfg = dict(meta["backbone_config"])
-    config = AutoConfig.for_model(backbone_cfg.pop("model_type"), **backbone_cfg)
-    hf_model = AutoModelForImageClassification.from_config(config)
-    model = ImageClassifier.from_hf(hf_model, meta["head"])
-    prefix = "model."
-    state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
-    model.load_state_dict(state)
-    proc = dict(meta["processor"])
-    processor = getattr(transformers, proc.pop("image_processor_type")).from_dict(proc)
-    return model.eval(), processor
-
-
-def load_classifier(
-    model_dir: str | Path | None = None, ckpt_path: str | Path | None = None
-) -> tuple[ImageClassifier, Any]:
-    """The model + processor from exactly one of an HF model dir or a Lightning checkpoint."""
-    if bool(model_dir) == bool(ckpt_path):
-        raise VitftError(
-            "set exactly one of model_dir=<run>/model or ckpt_path=<run>/checkpoints/best.ckpt"
-        )
-    return load_model(model_dir) if model_dir else load_checkpoint(ckpt_path)
 
 
 def exported_backend(folder: str | Path, threads: int | None = None):

@@ -5,8 +5,7 @@
   the new complete file. (Lightning's own ``_atomic_save`` writes the temp file with
   ``tempfile.mkstemp()`` in /tmp and ``shutil.move``s it: when /tmp is another filesystem, as on
   most clusters, that move is a plain copy into ``last.ckpt`` and a kill mid-copy truncates it.)
-- ``read_checkpoint``: ``torch.load(weights_only=True)`` only; a checkpoint that would need to run
-  code (a pickle with globals) is refused with a VitftError, as is a truncated one.
+- reads go through ``vitft.modelio.checkpoint.read_checkpoint`` (weights_only, refuses pickles).
 - ``newest_checkpoint``: what ``resume=auto`` continues from: the complete checkpoint with the
   highest global step among ``checkpoints/last.ckpt``, ``checkpoints/step.ckpt`` and Lightning's
   SLURM ``hpc_ckpt_*.ckpt``; none on a first run.
@@ -17,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from vitft.core.errors import VitftError
+from vitft.modelio.checkpoint import read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -107,39 +106,6 @@ class SpentHpcCheckpoints(Callback):
                 log.info("training finished: deleting the spent SLURM checkpoint %s", path)
                 path.unlink(missing_ok=True)
         trainer.strategy.barrier("vitft_spent_hpc_checkpoints")
-
-
-def read_checkpoint(path: str | Path, mmap: bool = True) -> dict:
-    """A checkpoint via ``torch.load(weights_only=True)``: tensors and plain data only."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as err:
-        raise VitftError(
-            f"refused to load {path}: it contains pickled objects that would run code when "
-            "loaded (torch.load weights_only=True rejected it). Only load checkpoints you made; "
-            f"vitft never unpickles arbitrary objects. ({str(err).splitlines()[0]})"
-        ) from err
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise VitftError(
-            f"{path} is not a readable checkpoint (truncated or not a torch checkpoint): "
-            f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-        ) from err
-
-
-def check_labels(path: str | Path, classes: list[str]) -> None:
-    """A checkpoint trained on other classes can't continue on this data: say which differ."""
-    labels = read_checkpoint(path).get("vitft", {}).get("labels")
-    if labels is None or list(labels) == list(classes):
-        return
-    if len(labels) != len(classes):
-        what = f"{len(labels)} classes {labels}, the data has {len(classes)}: {classes}"
-    else:
-        what = f"classes {labels}, the data has {classes}"
-    raise VitftError(
-        f"checkpoint {path} was trained on {what}. Point task.data_dir at the data it was "
-        "trained on (or task.classes in the same order), or start a new run without "
-        "ckpt_path/resume (a different run_name) to train on these classes"
-    )
 
 
 def candidates(output_dir: str | Path) -> list[Path]:

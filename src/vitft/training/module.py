@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torchmetrics import MeanMetric
 
+from vitft.modelio.checkpoint import BLOCK, vitft_block
 from vitft.models.classifier import ImageClassifier
 from vitft.models.parts import backbone_parts
 from vitft.training.distill import kd_loss
@@ -231,10 +232,4 @@ class ClassifierModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Enough to rebuild the plain model from the checkpoint alone (eval, export).
-        checkpoint["vitft"] = {
-            "backbone_config": self.model.config.to_dict(),
-            "head": self.model.head_cfg,
-            "labels": self.classes,
-            "processor": self.processor,
-            "wandb_id": self.wandb_id,
-        }
+        checkpoint[BLOCK] = vitft_block(self.model, self.classes, self.processor, self.wandb_id)

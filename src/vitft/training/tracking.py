@@ -13,13 +13,14 @@ import os
 import uuid
 from pathlib import Path
 
-import torch
 from hydra.utils import instantiate
 from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger as _CSVLogger
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from omegaconf import DictConfig, OmegaConf
+
+from vitft.modelio.checkpoint import read_block
 
 log = logging.getLogger(__name__)
 
@@ -58,18 +59,12 @@ def _has_wandb_key() -> bool:
         return False
 
 
-def checkpoint_meta(ckpt_path: str | Path) -> dict:
-    """The ``vitft`` block of a checkpoint (no code runs: weights_only, memory-mapped)."""
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
-    return ckpt.get("vitft", {})
-
-
 def run_id(output_dir: Path, ckpt_path: str | None) -> str:
     """The W&B run id: from the checkpoint we resume, else this run dir's, else a new one."""
     id_file = Path(output_dir) / RUN_ID_FILE
     rid = None
     if ckpt_path:
-        rid = checkpoint_meta(ckpt_path).get("wandb_id")
+        rid = read_block(ckpt_path).get("wandb_id")
     if not rid and id_file.is_file():
         rid = id_file.read_text().strip()
     if not rid:
