@@ -1,4 +1,4 @@
-"""Benchmark exports: python benchmark.py model_path=outputs/<run>/model device=cpu
+"""Benchmark exports: python benchmark.py model_dir=outputs/<run>/model device=cpu
 (see conf/benchmark.yaml; the seed's ``--model_path X --device cuda`` spelling works too)."""
 
 import os

@@ -2,7 +2,7 @@
 speeds for benchmark.py without downloading weights (accuracy columns are meaningless for it).
 
     python benchmarks/vit_base_random.py [out_dir] [image_size]
-    python benchmark.py model_path=outputs/vit_base_random/model threads=2
+    python benchmark.py model_dir=outputs/vit_base_random/model threads=2
 """
 
 from __future__ import annotations

@@ -155,7 +155,7 @@ def test_export_pipeline_matches_the_lightning_module(tmp_path, tiny_data):
 
 
 def test_class_weights_auto(tmp_path, tiny_data):
-    from vitft.apps.train import resolve_class_weights
+    from vitft.training.factory import resolve_class_weights
 
     w = resolve_class_weights("auto", torch.tensor([10.0, 30.0, 60.0]))
     assert np.allclose(w, [100 / 30, 100 / 90, 100 / 180], atol=1e-5)

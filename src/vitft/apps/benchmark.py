@@ -15,15 +15,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
+from vitft.apps.console import conf_dir
 from vitft.apps.export import export
 from vitft.core.errors import VitftError
 from vitft.deploy.formats import FORMATS
-from vitft.deploy.parity import batched, load_images, parity, run_data
+from vitft.deploy.parity import batched, parity
 from vitft.deploy.runtime import load_exported
 from vitft.modelio.hf import load_model
+from vitft.run.rundir import model_images
 
 log = logging.getLogger(__name__)
 
@@ -67,27 +69,23 @@ def _time(predict, x: np.ndarray) -> float:
 
 
 def _ensure_exports(cfg: DictConfig, model_dir: Path, export_dir: Path) -> None:
+    """Export the formats that are missing, with conf/export.yaml's settings (parity recorded,
+    never fatal: a failing format is a row of the table)."""
     missing = [f for f in cfg.formats if cfg.reexport or not (export_dir / f).is_dir()]
     if not missing:
         return
-    OmegaConf.resolve(cfg)
-    export_cfg = OmegaConf.create(
+    export_cfg = OmegaConf.load(conf_dir() / "export.yaml")
+    for key in ("defaults", "hydra"):
+        export_cfg.pop(key, None)
+    export_cfg.merge_with(
         {
             "model_dir": str(model_dir),
             "formats": missing,
             "output_dir": str(export_dir),
-            "data_dir": cfg.data_dir,
-            "image_size": None,
-            "opset": 18,
+            "data_dir": cfg.get("data_dir"),
             "calibration_images": cfg.calibration_images,
             "threads": cfg.threads,
-            "parity": {
-                "split": "val",
-                "threshold": 0.99,
-                "int8_threshold": 0.97,
-                "fail": False,
-                "batch_size": cfg.get("parity_batch_size") or 1,
-            },
+            "parity": {"fail": False, "batch_size": cfg.get("parity_batch_size") or 1},
         }
     )
     export(export_cfg)
@@ -102,18 +100,17 @@ def benchmark(cfg: DictConfig) -> list[dict]:
     unknown = [f for f in cfg.formats if f not in FORMATS]
     if unknown:
         raise VitftError(f"formats={unknown} unknown; choose from {sorted(FORMATS)}")
-    model_dir = Path(cfg.model_path).expanduser()
+    model_dir = Path(cfg.model_dir).expanduser()
     export_dir = Path(cfg.export_dir).expanduser()
     threads = int(cfg.threads) if cfg.threads else torch.get_num_threads()
     torch.set_num_threads(threads)
 
     model, processor = load_model(model_dir)
-    data = run_data(model_dir, cfg.get("data_dir"))
-    with open_dict(cfg):
-        cfg.data_dir = data["data_dir"]
     _ensure_exports(cfg, model_dir, export_dir)
-
-    images = load_images(data["data_dir"], model.labels, processor, "val", cfg.get("max_images"))
+    data_dir = cfg.get("data_dir")
+    images = model_images(
+        model_dir, model.labels, processor, "val", data_dir, cfg.get("max_images")
+    )
     size = list(images.x.shape[2:])
     params, gflops = model_cost(model, size)
 
@@ -216,7 +213,12 @@ def write_tables(rows: list[dict], out: Path, batch_size: int) -> None:
 
 
 def translate_argv(argv: list[str]) -> list[str]:
-    """Accept ``--model_path X`` / ``--device=cuda`` (the seed's spelling) as Hydra overrides."""
+    """Accept ``--model_path X`` / ``--device=cuda`` (the seed's spelling) as Hydra overrides;
+    ``model_path`` is an alias of ``model_dir``, the name every other command uses."""
+    argv = [
+        a.replace("model_path", "model_dir", 1) if a.lstrip("-+").startswith("model_path") else a
+        for a in argv
+    ]
     out, i = [], 0
     while i < len(argv):
         arg = argv[i]

@@ -34,8 +34,10 @@ from vitft.core import html, plots
 from vitft.core.errors import VitftError
 from vitft.data.folder import class_folders, list_images, scan_dataset
 from vitft.data.images import load_image
+from vitft.deploy.backends import ExportedBackend
 from vitft.deploy.explain import Explainer
 from vitft.deploy.predictor import Predictor, Results
+from vitft.run.rundir import Run, run_samples
 from vitft.training import tracking
 
 log = logging.getLogger(__name__)
@@ -113,10 +115,19 @@ def _class_map(data_classes: list[str], model_labels: list[str]) -> list[int]:
     return [model_labels.index(c) for c in data_classes]
 
 
-def _samples(data: Any, split: str) -> tuple[Path, list[str], list[tuple[Path, int]]]:
-    """(root, classes, samples): a split of a train/val/test dataset, or, for a folder without
-    train/ (e.g. images from a new production line), its class folders as they are."""
+def _samples(cfg: Any) -> tuple[Path, list[str], list[tuple[Path, int]]]:
+    """(root, classes, samples) to evaluate on.
+
+    - The model's run split (``<run>/split.json``) when ``cfg.data`` is the run's own dataset: the
+      very files training held out, whatever seed or fractions the eval config has now.
+    - A folder without train/ (e.g. images from a new production line): its class folders.
+    - Any other train/val/test dataset: its ``cfg.split``, split as configured.
+    """
+    data, split = cfg.data, cfg.split
     root = Path(data.data_dir).expanduser()
+    run = Run.of(cfg.get("model_dir") or cfg.get("ckpt_path"))
+    if run and run.split_file.is_file() and root.resolve() == run.read_split().root.resolve():
+        return run_samples(run.root, split)
     if root.is_dir() and not (root / "train").is_dir():
         classes = class_folders(root)
         if not classes:
@@ -153,17 +164,45 @@ def _heatmap_samples(true: torch.Tensor, pred: torch.Tensor, per_class: int) -> 
     return picks
 
 
-def _heatmaps(predictor: Predictor, paths, titles, preds, cfg) -> Any | None:
-    labels = predictor.labels
-    model = predictor.backend.model
+def _heatmaps(predictor: Predictor, paths, titles, preds, cfg) -> tuple[Any | None, str]:
+    """(figure or None, what the report says about heatmaps)."""
+    model = predictor.backend.torch_model
+    if model is None:
+        return None, f"none: a {predictor.backend.description} export has no PyTorch model"
     if model.config.model_type != "vit":
-        log.info("heatmaps: skipped (explain supports ViT backbones)")
-        return None
+        return None, "none: explain supports ViT backbones"
+    labels = predictor.labels
     explainer = Explainer(model.cpu(), float(cfg.discard_ratio), str(cfg.head_fusion))
     images = [load_image(p) for p in paths]
     pixels = torch.stack([predictor.transform(img) for img in images])
     maps = explainer.explain(pixels, list(cfg.methods), torch.as_tensor(preds))
-    return plots.heatmap_figure(images, maps, titles, [labels[i] for i in preds.tolist()])
+    fig = plots.heatmap_figure(images, maps, titles, [labels[i] for i in preds.tolist()])
+    return fig, "heatmaps.png"
+
+
+def _fp32_reference(predictor: Predictor, results: Results, target: torch.Tensor, cfg) -> dict:
+    """For an int8 export: the fp32 model it came from, on the same images (what int8 cost)."""
+    backend = predictor.backend
+    if backend.precision != "int8" or not isinstance(backend, ExportedBackend):
+        return {}
+    if backend.source_model is None:
+        missing = backend.metadata.get("source_model")
+        return {"fp32_reference": f"unavailable: source model {missing} not found"}
+    fp32 = Predictor.from_path(
+        backend.source_model, batch_size=predictor.batch_size, tta=predictor.tta
+    )
+    ref = fp32.predict_files([p.path for p in results.predictions], progress=cfg.get("progress"))
+    top = torch.tensor([predictor.labels.index(p.predicted) for p in results.predictions])
+    ref_top = torch.tensor([fp32.labels.index(p.predicted) for p in ref.predictions])
+    acc, ref_acc = float((top == target).float().mean()), float((ref_top == target).float().mean())
+    return {
+        "fp32_reference": {
+            "model": str(backend.source_model),
+            "accuracy": ref_acc,
+            "accuracy_change": acc - ref_acc,
+            "agreement": float((top == ref_top).float().mean()),
+        }
+    }
 
 
 def _log_wandb(cfg, out_dir: Path, metrics: dict, figures: dict, rows: list[list]) -> None:
@@ -215,7 +254,7 @@ def evaluate(cfg: Any) -> dict[str, Any]:
         num_workers=int(data.num_workers),
     )
     labels = predictor.labels
-    root, data_classes, samples = _samples(data, cfg.split)
+    root, data_classes, samples = _samples(cfg)
     to_model = _class_map(data_classes, labels)
     log.info("evaluating on %s (%s): %d images", root, cfg.split, len(samples))
     results = predictor.predict_files([p for p, _ in samples], progress=cfg.get("progress"))
@@ -234,6 +273,8 @@ def evaluate(cfg: Any) -> dict[str, Any]:
             "classes": labels,
             "bad_files": [{"path": b.path, "reason": b.reason} for b in results.bad_files],
             "tta": bool(cfg.get("tta")),
+            "backend": {"format": predictor.backend.name, "precision": predictor.backend.precision},
+            **_fp32_reference(predictor, results, target, cfg),
         }
     )
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -273,6 +314,7 @@ def evaluate(cfg: Any) -> dict[str, Any]:
             f"the most confident {len(worst)}",
         ),
     )
+    metrics["heatmaps"] = "none: explain.per_class=0"
     if cfg.explain.get("per_class", 0) > 0:
         picks = _heatmap_samples(target, pred, int(cfg.explain.per_class))
         titles = [
@@ -280,13 +322,14 @@ def evaluate(cfg: Any) -> dict[str, Any]:
             f"{labels[pred[i]]} {conf[i]:.2f}"
             for i in picks
         ]
-        fig = _heatmaps(
+        fig, metrics["heatmaps"] = _heatmaps(
             predictor, [results.predictions[i].path for i in picks], titles, pred[picks],
             cfg.explain,
         )  # fmt: skip
         if fig is not None:
             add("heatmaps", fig)
 
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))  # + heatmaps status
     html.write_report(
         out_dir / "report.html",
         metrics,

@@ -22,7 +22,12 @@ def explain(cfg: Any) -> list[Path]:
     if not cfg.get("inputs"):
         raise VitftError("set inputs=<image | folder | glob> (a list works too)")
     predictor = Predictor.from_path(cfg.get("model_dir"), cfg.get("ckpt_path"), device="cpu")
-    model = predictor.backend.model
+    model = predictor.backend.torch_model
+    if model is None:
+        raise VitftError(
+            f"explain needs a PyTorch model; {cfg.model_dir} is a {predictor.backend.description} "
+            "export. Pass model_dir=<run>/model (or ckpt_path=) instead"
+        )
     explainer = Explainer(model, float(cfg.discard_ratio), str(cfg.head_fusion))
     methods = list(cfg.methods)
     target = None

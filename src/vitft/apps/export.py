@@ -19,10 +19,11 @@ from vitft.data.transforms import processor_facts
 from vitft.deploy import quantize
 from vitft.deploy.formats import FORMATS, check_formats, write_format
 from vitft.deploy.metadata import build_metadata, write_metadata
-from vitft.deploy.parity import batched, format_row, load_images, parity, run_data, write_parity
+from vitft.deploy.parity import batched, format_row, parity, write_parity
 from vitft.deploy.runtime import load_exported
 from vitft.modelio.hf import load_model
 from vitft.models.resolution import set_image_size
+from vitft.run.rundir import model_images
 
 log = logging.getLogger(__name__)
 
@@ -39,20 +40,15 @@ def export(cfg: DictConfig) -> dict[str, dict]:
     out = Path(cfg.output_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
 
-    data = run_data(model_dir, cfg.get("data_dir"))
-    split_args = {
-        "val_fraction": data.get("val_fraction", 0.15),
-        "test_fraction": data.get("test_fraction", 0.15),
-        "split_seed": data.get("split_seed", 0),
-    }
     par = cfg.parity
-    images = load_images(
-        data["data_dir"], model.labels, processor, par.split, par.get("max_images"), **split_args
+    data_dir = cfg.get("data_dir")
+    images = model_images(
+        model_dir, model.labels, processor, par.split, data_dir, par.get("max_images")
     )
     calibration = None
     if "onnx_int8_static" in formats:
-        calibration = load_images(
-            data["data_dir"], model.labels, processor, "train", cfg.calibration_images, **split_args
+        calibration = model_images(
+            model_dir, model.labels, processor, "train", data_dir, cfg.calibration_images
         )
     with torch.inference_mode():
         reference = batched(lambda x: model(torch.from_numpy(x)).numpy(), images.x)

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import torch
-import yaml
 
 from vitft.data.transforms import processor_facts
-from vitft.deploy.parity import load_images, run_data
 from vitft.modelio.hf import load_model, save_hf
 from vitft.models.pruning import head_counts, head_importance, lowest_heads, prune_heads
+from vitft.run.rundir import Run, model_images
 
 
 def prune(cfg) -> dict:
@@ -19,8 +19,9 @@ def prune(cfg) -> dict:
 
     model_dir = Path(cfg.model_dir).expanduser()
     model, processor = load_model(model_dir)
-    data = run_data(model_dir, cfg.get("data_dir"))
-    images = load_images(data["data_dir"], model.labels, processor, "train", cfg.importance_images)
+    images = model_images(
+        model_dir, model.labels, processor, "train", cfg.get("data_dir"), cfg.importance_images
+    )
     x, y = torch.from_numpy(images.x), torch.from_numpy(images.y)
     bs = int(cfg.batch_size)
     scores = head_importance(model, [(x[i : i + bs], y[i : i + bs]) for i in range(0, len(y), bs)])
@@ -35,7 +36,7 @@ def prune(cfg) -> dict:
         out / "model",
         meta={**processor_facts(processor), "pruned_from": str(model_dir)},
     )
-    (out / "config.yaml").write_text(yaml.safe_dump({"data": data}))
+    _inherit_run(model_dir, Run(out), cfg.get("data_dir"))
     report = {
         "heads_removed": {str(k): v for k, v in remove.items()},
         "heads_per_layer": head_counts(model.backbone),
@@ -50,3 +51,15 @@ def prune(cfg) -> dict:
         f"wrote {out / 'model'}"
     )
     return report
+
+
+def _inherit_run(model_dir: Path, pruned: Run, data_dir: str | None) -> None:
+    """The pruned model keeps its source run's data and split, so export/benchmark of it are
+    checked on the same images."""
+    source = Run.of(model_dir)
+    data = dict((source.config() if source else {}).get("data") or {})
+    if data_dir:
+        data["data_dir"] = str(data_dir)
+    pruned.write_config({"data": data, "pruned_from": str(model_dir)})
+    if source and source.split_file.is_file() and not data_dir:
+        shutil.copy(source.split_file, pruned.split_file)

@@ -1,7 +1,8 @@
 """train(cfg): the story of one training run, top to bottom.
 
-files -> scan (classes, splits) -> backbone + head -> Lightning module -> fit -> best checkpoint
--> validate + test -> HF export in <run>/model -> summary.json.
+files -> screened splits -> backbone + head -> Lightning module -> fit -> best checkpoint
+-> validate + test -> HF export in <run>/model -> summary.json. Each step's factory is in
+``vitft.training.factory``; the run dir's layout is ``vitft.run.rundir.Run``.
 """
 
 from __future__ import annotations
@@ -12,31 +13,31 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 import transformers
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from vitft.core.errors import VitftError
-from vitft.data import doctor
-from vitft.data.folder import scan_dataset
 from vitft.data.transforms import processor_facts
 from vitft.modelio.checkpoint import check_labels
-from vitft.modelio.hf import save_hf
 from vitft.models.classifier import build_model
+from vitft.run.rundir import Run
 from vitft.training import checkpoints, tracking
-from vitft.training.batch_size import AUTO, auto_batch_size, initial_batch_size
-from vitft.training.cache import FeatureDataModule, build_cache, use_cache
-from vitft.training.datamodule import FolderDataModule
-from vitft.training.distill import load_teacher
+from vitft.training.batch_size import AUTO, auto_batch_size
+from vitft.training.factory import (
+    build_datamodule,
+    build_module,
+    build_trainer,
+    ema_callbacks,
+    load_weights,
+    scalars,
+    screened_splits,
+)
 from vitft.training.freeze import build_freeze
-from vitft.training.module import ClassifierModule
 
 log = logging.getLogger(__name__)
-
-LAST_CKPT = Path("checkpoints") / "last.ckpt"
 
 
 def resolve_ckpt_path(cfg: DictConfig, output_dir: Path) -> str | None:
@@ -59,176 +60,86 @@ def resolve_ckpt_path(cfg: DictConfig, output_dir: Path) -> str | None:
     return None
 
 
-def _start_fresh(output_dir: Path) -> None:
-    """A fresh run in a used run dir replaces the old run's metrics and checkpoints."""
-    if (output_dir / LAST_CKPT).is_file():
-        log.warning(
-            "%s already holds checkpoints of an earlier run; starting fresh overwrites them "
-            "(use resume=auto to continue that run instead)",
-            output_dir,
-        )
-    for old in checkpoints.candidates(output_dir):  # else resume=auto could pick them up later
-        if old.name != LAST_CKPT.name:
-            old.unlink()
-    (output_dir / "metrics.csv").unlink(missing_ok=True)
-    (output_dir / tracking.RUN_ID_FILE).unlink(missing_ok=True)
-    (output_dir / "load_failures.tsv").unlink(missing_ok=True)
-
-
-def resolve_class_weights(spec: Any, counts: torch.Tensor) -> list[float] | None:
-    """``loss.class_weights``: null, ``auto`` (inverse class frequency) or one weight per class."""
-    if spec is None:
-        return None
-    if spec == "auto":
-        weights = counts.sum() / (len(counts) * counts.clamp(min=1))
-        return [round(float(w), 6) for w in weights]
-    weights = [float(w) for w in spec]
-    if len(weights) != len(counts):
-        raise VitftError(
-            f"loss.class_weights has {len(weights)} values but the data has {len(counts)} classes"
-        )
-    return weights
-
-
 def _instantiate_all(cfg: DictConfig | None) -> list[Any]:
     return [instantiate(c) for c in (cfg or {}).values() if c and "_target_" in c]
-
-
-def _scalars(results: list[dict]) -> dict[str, float]:
-    return {k: float(v) for r in results for k, v in r.items()}
 
 
 def train(cfg: DictConfig) -> tuple[dict, dict]:
     """Train, test and export one model. Returns (metrics, objects)."""
     transformers.utils.logging.disable_progress_bar()
     L.seed_everything(cfg.seed, workers=True)
-    output_dir = Path(cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = resolve_ckpt_path(cfg, output_dir)
+    run = Run(Path(cfg.paths.output_dir))
+    run.root.mkdir(parents=True, exist_ok=True)
+    ckpt_path = resolve_ckpt_path(cfg, run.root)
 
-    data = cfg.data
-    splits = scan_dataset(
-        data.data_dir, data.classes, data.val_fraction, data.test_fraction, data.split_seed
-    )
-    splits = doctor.screen(
-        splits, data.get("on_bad_file", "skip"), data.get("check", "header"), output_dir
-    )
-    log.info("dataset %s\n%s", splits.root, splits.summary())
+    # 1. files -> screened train/val/test splits
+    splits = screened_splits(cfg.data, run.root)
     if ckpt_path:
         check_labels(ckpt_path, splits.classes)
 
+    # 2. backbone + head, freeze strategy, batches that take their preprocessing from the model
     model, processor = build_model(cfg.model, cfg.head, splits.classes)
     freeze = build_freeze(cfg.freeze, model)
-    loader_kwargs = dict(
-        augment=data.augment,
-        batch_size=initial_batch_size(data.batch_size),
-        eval_batch_size=None if data.eval_batch_size == AUTO else data.eval_batch_size,
-        num_workers=data.num_workers,
-        pin_memory=data.pin_memory,
-        persistent_workers=data.persistent_workers,
-        failures_file=output_dir / "load_failures.tsv",
-        seed=cfg.seed,
-    )
-    if use_cache(cfg.get("cache"), cfg.freeze):
-        cache = build_cache(cfg.cache, model, processor, data)
-        datamodule = FeatureDataModule(splits, processor, cache, **loader_kwargs)
-    else:
-        datamodule = FolderDataModule(splits, processor, **loader_kwargs)
-    class_weights = resolve_class_weights(
-        cfg.loss.get("class_weights"), datamodule.train_label_counts()
-    )
+    datamodule = build_datamodule(cfg, splits, model, processor, run.root)
 
+    # 3. the run dir: config + split manifest. Under DDP, Lightning re-runs this script for
+    # ranks > 0 once rank 0 is in fit(): only rank 0 writes the run dir.
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    # Under DDP, Lightning re-runs this script for ranks > 0 once rank 0 is in fit(): only
-    # rank 0 writes the run dir (config, fresh-start cleanup, checkpoints, logs, export).
     if rank_zero_only.rank == 0:
-        (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
-        if not ckpt_path:
-            _start_fresh(output_dir)
-    rid = tracking.run_id(output_dir, ckpt_path)
-    module = ClassifierModule(
-        model,
-        optimizer=cfg.optimizer,
-        scheduler=cfg.get("scheduler"),
-        loss=cfg.loss,
-        class_weights=class_weights,
-        processor=json.loads(processor.to_json_string()),
-        wandb_id=rid,
-        distill=cfg.get("distill"),
-        teacher=load_teacher(cfg.get("distill"), splits.classes, processor),
-    )
-    callbacks: list[Callback] = [freeze, *_instantiate_all(cfg.get("callbacks"))]
-    if cfg.get("ema_decay"):
-        from lightning.pytorch.callbacks import EMAWeightAveraging
+        run.start(resolved, splits, fresh=not ckpt_path)
+    rid = tracking.run_id(run.root, ckpt_path)
 
-        callbacks.append(EMAWeightAveraging(decay=float(cfg.ema_decay)))
-    loggers = tracking.build_loggers(cfg.get("logger"), output_dir, rid, resolved)
-    trainer: L.Trainer = instantiate(
-        cfg.trainer,
-        # Under SLURM (scripts/slurm), Lightning writes hpc_ckpt_N.ckpt on SIGUSR1; once fit ends
-        # they are deleted, else validate/test below would load them instead of `best`.
-        callbacks=[*callbacks, checkpoints.SpentHpcCheckpoints()],
-        logger=loggers or False,
-        plugins=[checkpoints.AtomicCheckpointIO()],
-    )
+    # 4. LightningModule, callbacks, loggers, Trainer
+    module = build_module(cfg, model, processor, splits.classes, datamodule, rid)
+    callbacks = [freeze, *_instantiate_all(cfg.get("callbacks")), *ema_callbacks(cfg)]
+    loggers = tracking.build_loggers(cfg.get("logger"), run.root, rid, resolved)
+    trainer = build_trainer(cfg, callbacks, loggers)
 
-    if data.batch_size == AUTO and cfg.get("train", True):
-        max_size = data.get("max_batch_size", 256)
-        auto_batch_size(trainer, module, datamodule, max_size, output_dir, bool(ckpt_path))
-    if cfg.get("train", True):
+    # 5. fit, then validate and test the best checkpoint (not the last epoch's weights)
+    training = cfg.get("train", True)
+    if cfg.data.batch_size == AUTO and training:
+        max_size = cfg.data.get("max_batch_size", 256)
+        auto_batch_size(trainer, module, datamodule, max_size, run.root, bool(ckpt_path))
+    if training:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     elif ckpt_path:
-        module.load_state_dict(torch.load(ckpt_path, weights_only=True)["state_dict"])
-
+        load_weights(module, ckpt_path)
     best = next((cb.best_model_path for cb in callbacks if isinstance(cb, ModelCheckpoint)), "")
-    if best and cfg.get("train", True):
-        # Validate, test and export the best checkpoint, not the last epoch's weights.
-        module.load_state_dict(
-            torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
-        )
-    metrics: dict[str, float] = {}
-    metrics.update(_scalars(trainer.validate(module, datamodule=datamodule, verbose=False)))
+    if best and training:
+        load_weights(module, best)
+    metrics = scalars(trainer.validate(module, datamodule=datamodule, verbose=False))
     if cfg.get("test", True):
-        metrics.update(_scalars(trainer.test(module, datamodule=datamodule)))
-
+        metrics.update(scalars(trainer.test(module, datamodule=datamodule)))
     if trainer.world_size > 1:  # the same numbers on every rank (torchmetrics syncs them)
         log.info("rank %d of %d: %s", trainer.global_rank, trainer.world_size, json.dumps(metrics))
-    summary = {
+
+    # 6. model/ (HF format) and summary.json
+    summary = _summary(metrics, splits.classes, module, trainer, run, best, ckpt_path, rid)
+    if trainer.is_global_zero:
+        meta = {"source_checkpoint": best or None, "metrics": metrics}
+        meta |= {"task": cfg.task.get("name"), "model": cfg.model.get("name")}
+        run.finish(module.model, processor, {**processor_facts(processor), **meta}, summary)
+        log.info("run dir: %s", run.root)
+    objects = {"trainer": trainer, "module": module, "datamodule": datamodule, "cfg": cfg}
+    return metrics, {**objects, "summary": summary}
+
+
+def _summary(
+    metrics: dict, classes: list[str], module, trainer, run: Run, best: str, ckpt_path, rid: str
+) -> dict[str, Any]:
+    return {
         **metrics,
-        "classes": splits.classes,
+        "classes": classes,
         "confusion_matrix": module.confusion_matrices,
         "best_checkpoint": best or None,
-        "last_checkpoint": str(output_dir / LAST_CKPT)
-        if (output_dir / LAST_CKPT).is_file()
-        else None,
+        "last_checkpoint": str(run.last_checkpoint) if run.last_checkpoint.is_file() else None,
         "epochs": trainer.current_epoch,
         "global_step": trainer.global_step,
         "params": module.param_counts,
         "resumed_from": ckpt_path,
-        "run_dir": str(output_dir),
-        "model_dir": str(output_dir / "model"),
+        "run_dir": str(run.root),
+        "model_dir": str(run.model_dir),
         "wandb_run_id": rid,
-    }
-    if trainer.is_global_zero:
-        save_hf(
-            module.model,
-            processor,
-            output_dir / "model",
-            meta={
-                **processor_facts(processor),
-                "source_checkpoint": best or None,
-                "metrics": metrics,
-                "task": cfg.task.get("name"),
-            },
-        )
-        (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        log.info("run dir: %s", output_dir)
-    return metrics, {
-        "trainer": trainer,
-        "module": module,
-        "datamodule": datamodule,
-        "summary": summary,
-        "cfg": cfg,
     }
 
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
+from vitft.core.errors import VitftError
+
 
 @dataclass
 class _Item:
@@ -36,9 +38,9 @@ class MicroBatcher:
         max_wait_ms: float = 5.0,
     ):
         if max_size < 1:
-            raise ValueError(f"batch.max_size={max_size} must be >= 1")
+            raise VitftError(f"batch.max_size={max_size} must be >= 1")
         if max_wait_ms < 0:
-            raise ValueError(f"batch.max_wait_ms={max_wait_ms} must be >= 0")
+            raise VitftError(f"batch.max_wait_ms={max_wait_ms} must be >= 0")
         self.fn = fn
         self.max_size = int(max_size)
         self.max_wait = float(max_wait_ms) / 1000
@@ -116,7 +118,7 @@ class ConcurrencyLimit:
 
     def __init__(self, limit: int):
         if limit < 1:
-            raise ValueError(f"max_concurrency={limit} must be >= 1")
+            raise VitftError(f"max_concurrency={limit} must be >= 1")
         self.limit = int(limit)
         self.in_flight = 0
 

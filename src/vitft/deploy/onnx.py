@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vitft.core.errors import VitftError
+
 log = logging.getLogger(__name__)
 
 INPUT_NAME = "pixel_values"
@@ -21,7 +23,7 @@ def export_onnx(model: nn.Module, path: str | Path, image_size: list[int], opset
     import onnxslim
 
     if opset < 17:
-        raise ValueError(f"opset={opset}: vitft exports need opset >= 17 (LayerNormalization)")
+        raise VitftError(f"opset={opset}: vitft exports need opset >= 17 (LayerNormalization)")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval().cpu()

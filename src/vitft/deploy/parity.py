@@ -13,10 +13,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 
 from vitft.core.errors import VitftError
-from vitft.data.folder import scan_dataset
+from vitft.data.folder import Sample
 from vitft.data.images import load_image
 from vitft.data.transforms import ImageTransform
 from vitft.deploy.metadata import PARITY_FILE
@@ -34,43 +33,16 @@ class ImageSet:
     root: str
 
 
-def run_data_dir(model_dir: str | Path) -> dict | None:
-    """The data section of the run that wrote ``model_dir`` (``<run>/config.yaml``), if any."""
-    config = Path(model_dir).resolve().parent / "config.yaml"
-    if not config.is_file():
-        return None
-    data = OmegaConf.to_container(OmegaConf.load(config)).get("data") or {}
-    return data if data.get("data_dir") else None
-
-
-def run_data(model_dir: str | Path, data_dir: str | None = None) -> dict:
-    """The data settings to check ``model_dir`` on: its run's, with ``data_dir=`` overriding."""
-    data = dict(run_data_dir(model_dir) or {})
-    if data_dir:
-        data["data_dir"] = data_dir
-    if not data.get("data_dir"):
-        raise VitftError(
-            f"no images to check the model on: {Path(model_dir).parent}/config.yaml has no "
-            "data.data_dir; pass data_dir=/path/to/dataset (with train/ and val/ class folders)"
-        )
-    return data
-
-
 def load_images(
-    data_dir: str | Path,
-    labels: list[str],
+    samples: list[Sample],
     processor: Any,
-    split: str = "val",
+    split: str,
+    root: str | Path,
     max_images: int | None = None,
-    val_fraction: float = 0.15,
-    test_fraction: float = 0.15,
-    split_seed: int = 0,
 ) -> ImageSet:
-    """Images of ``split`` preprocessed exactly as in training evaluation (no augmentation)."""
-    splits = scan_dataset(data_dir, list(labels), val_fraction, test_fraction, split_seed)
-    samples = splits.split(split)
+    """``samples`` of ``split`` preprocessed exactly as in training evaluation (no augmentation)."""
     if not samples:
-        raise VitftError(f"{data_dir}: the {split} split has no images to check parity on")
+        raise VitftError(f"{root}: the {split} split has no images to check the model on")
     if max_images:
         # Every k-th sample keeps all classes represented.
         step = max(1, len(samples) // int(max_images))
@@ -78,7 +50,7 @@ def load_images(
     transform = ImageTransform(processor)
     x = torch.stack([transform(load_image(p)) for p, _ in samples]).numpy().astype(np.float32)
     y = np.array([label for _, label in samples], dtype=np.int64)
-    return ImageSet(x=x, y=y, split=split, root=str(splits.root))
+    return ImageSet(x=x, y=y, split=split, root=str(root))
 
 
 def batched(predict, x: np.ndarray, batch_size: int = 32) -> np.ndarray:

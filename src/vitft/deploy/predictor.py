@@ -1,7 +1,7 @@
 """Predict labels for image files: one ``Predictor`` over any inference backend.
 
 A backend is anything that maps a float32 pixel batch ``(N, 3, H, W)`` to logits ``(N, classes)``
-(``TorchBackend`` here; ONNX/TFLite exports plug in the same way). The ``Predictor`` owns what is
+(``vitft.deploy.backends``: PyTorch, or any export folder). The ``Predictor`` owns what is
 the same for every backend: decoding (``load_image``), the model's own preprocessing
 (``ImageTransform``), batching, test-time augmentation, the reject option and bad-file handling.
 Never imports Lightning: a checkpoint is read with ``torch.load(weights_only=True)``.
@@ -26,42 +26,13 @@ from vitft.core.errors import VitftError
 from vitft.data.folder import list_images
 from vitft.data.images import load_image
 from vitft.data.transforms import ImageTransform
-from vitft.deploy.runtime import load_exported
+from vitft.deploy.backends import Backend, ExportedBackend, TorchBackend
+from vitft.deploy.metadata import METADATA_FILE
 from vitft.modelio.checkpoint import load_classifier
 
 log = logging.getLogger(__name__)
 
 UNCERTAIN = "uncertain"
-# (N, 3, H, W) float32 pixels -> (N, classes) logits
-Backend = Callable[[torch.Tensor], torch.Tensor]
-
-
-def exported_backend(folder: str | Path, threads: int | None = None):
-    """(backend, labels, processor) of an export folder written by export.py."""
-    run, meta = load_exported(folder, threads=threads)
-
-    def backend(pixel_values: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(run(pixel_values.numpy().astype("float32")))
-
-    return backend, meta["labels"], AutoImageProcessor.from_pretrained(folder)
-
-
-def pick_device(device: str | None) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-class TorchBackend:
-    """The PyTorch model as a backend (eval mode, no grad)."""
-
-    def __init__(self, model: torch.nn.Module, device: str | torch.device | None = "cpu"):
-        self.device = pick_device(str(device) if device else None)
-        self.model = model.eval().to(self.device)
-
-    @torch.inference_mode()
-    def __call__(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.model(pixel_values.to(self.device)).float().cpu()
 
 
 def tta_views(pixel_values: torch.Tensor) -> list[torch.Tensor]:
@@ -188,8 +159,10 @@ class Predictor:
     ) -> Predictor:
         """A Predictor over a model dir, an export folder (onnx, onnx_int8, torch_int8, tflite,
         ...: anything with a metadata.json) or a Lightning checkpoint."""
-        if model_dir and (Path(model_dir) / "metadata.json").is_file():
-            return cls(*exported_backend(model_dir), **kwargs)
+        if model_dir and (Path(model_dir) / METADATA_FILE).is_file():
+            backend = ExportedBackend(model_dir)
+            labels = backend.metadata["labels"]
+            return cls(backend, labels, AutoImageProcessor.from_pretrained(model_dir), **kwargs)
         model, processor = load_classifier(model_dir, ckpt_path)
         return cls(TorchBackend(model, device), model.labels, processor, **kwargs)
 

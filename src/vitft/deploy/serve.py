@@ -35,7 +35,7 @@ from vitft.data.images import load_image
 from vitft.deploy.batching import ConcurrencyLimit, MicroBatcher
 from vitft.deploy.explain import Explainer
 from vitft.deploy.metadata import METADATA_FILE, read_metadata, sha256
-from vitft.deploy.predictor import UNCERTAIN, Predictor, TorchBackend
+from vitft.deploy.predictor import UNCERTAIN, Predictor
 from vitft.modelio.hf import load_model
 
 try:  # the `serve` extra: pip install "vitft[serve]"
@@ -195,8 +195,8 @@ def model_facts(model_dir: Path, predictor: Predictor) -> dict:
 
 def has_heatmap(predictor: Predictor) -> bool:
     """Heatmaps (gradattn) need the PyTorch model of a ViT."""
-    backend = predictor.backend
-    return isinstance(backend, TorchBackend) and backend.model.config.model_type == "vit"
+    model = predictor.backend.torch_model
+    return model is not None and model.config.model_type == "vit"
 
 
 def _heatmap_explainer(model_dir: Path) -> Any:

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vitft.core.errors import VitftError
+
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU, "tanh": nn.Tanh}
 
 
@@ -38,7 +40,7 @@ class MLPHead(nn.Module):
     ):
         super().__init__()
         if activation not in ACTIVATIONS:
-            raise ValueError(
+            raise VitftError(
                 f"head.activation={activation!r} is unknown; use one of {sorted(ACTIVATIONS)}"
             )
         self.net = nn.Sequential(
@@ -84,5 +86,5 @@ def build_head(cfg: dict, in_features: int, num_classes: int) -> nn.Module:
     cfg = dict(cfg)
     name = cfg.pop("name", "linear")
     if name not in HEADS:
-        raise ValueError(f"head={name!r} is unknown; use one of {sorted(HEADS)} (conf/head/)")
+        raise VitftError(f"head={name!r} is unknown; use one of {sorted(HEADS)} (conf/head/)")
     return HEADS[name](in_features, num_classes, **cfg)

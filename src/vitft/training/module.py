@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torchmetrics import MeanMetric
 
+from vitft.core.errors import VitftError
 from vitft.modelio.checkpoint import BLOCK, vitft_block
 from vitft.models.classifier import ImageClassifier
 from vitft.models.parts import backbone_parts
@@ -24,6 +25,8 @@ from vitft.training.distill import kd_loss
 from vitft.training.metrics import build_confusion, build_metrics, flatten
 
 # Parameters that never get weight decay besides norms and biases (timm's rule: all 1-d params).
+# loss.name -> criterion: the registry of conf/loss/.
+LOSSES = {"cross_entropy": nn.CrossEntropyLoss}
 NO_DECAY_NAMES = ("cls_token", "position_embeddings", "pos_embed", "mask_token", "register_tokens")
 
 
@@ -120,7 +123,12 @@ class ClassifierModule(L.LightningModule):
         self.param_counts: dict[str, int] = {}
         loss = self.hparams.loss
         weight = torch.tensor(class_weights, dtype=torch.float) if class_weights else None
-        self.criterion = nn.CrossEntropyLoss(
+        name = loss.get("name", "cross_entropy")
+        if name not in LOSSES:
+            raise VitftError(
+                f"loss.name={name!r} is unknown; use one of {sorted(LOSSES)} (conf/loss/)"
+            )
+        self.criterion = LOSSES[name](
             weight=weight, label_smoothing=float(loss.get("label_smoothing", 0.0))
         )
         n = model.config.num_labels
@@ -217,7 +225,7 @@ class ClassifierModule(L.LightningModule):
             return optimizer
         total = self.trainer.estimated_stepping_batches
         if not math.isfinite(total):
-            raise ValueError("a scheduler needs trainer.max_epochs or trainer.max_steps to be set")
+            raise VitftError("a scheduler needs trainer.max_epochs or trainer.max_steps to be set")
         epochs = max(1, self.trainer.max_epochs or 1)
         warmup = round(float(sched_cfg.get("warmup_epochs", 0)) * total / epochs)
         schedule = instantiate(sched_cfg["schedule"])

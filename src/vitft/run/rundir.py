@@ -1,0 +1,222 @@
+"""The Run: one run dir's layout, and the only code that knows it.
+
+```
+<run>/config.yaml         the resolved config of the training run
+<run>/split.json          the split manifest: every file of train/val/test (path relative to the
+                          data root, label, sha256), written once the data is screened
+<run>/checkpoints/        last.ckpt, best checkpoints (Lightning), step.ckpt
+<run>/model/              HF model dir: weights, config, image processor, vitft.json
+<run>/export/<format>/    export.py's folders (model file, metadata.json, parity.json)
+<run>/summary.json        metrics and where everything is
+```
+
+Every later command (eval, export, benchmark, prune) opens the Run of the model it is given and
+takes the split from ``split.json``: it never re-splits the data with a seed that may differ.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from vitft.core.errors import VitftError
+from vitft.core.files import sha256
+from vitft.data.folder import SPLITS, DatasetSplits, Sample, scan_dataset
+from vitft.deploy.parity import ImageSet, load_images
+from vitft.modelio.hf import save_hf
+from vitft.training import checkpoints, tracking
+
+log = logging.getLogger(__name__)
+
+SPLIT_FILE = "split.json"
+CONFIG_FILE = "config.yaml"
+
+
+@dataclass(frozen=True)
+class Run:
+    root: Path
+
+    @property
+    def config_file(self) -> Path:
+        return self.root / CONFIG_FILE
+
+    @property
+    def split_file(self) -> Path:
+        return self.root / SPLIT_FILE
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.checkpoints_dir / "last.ckpt"
+
+    @property
+    def model_dir(self) -> Path:
+        return self.root / "model"
+
+    @property
+    def export_dir(self) -> Path:
+        return self.root / "export"
+
+    @property
+    def summary_file(self) -> Path:
+        return self.root / "summary.json"
+
+    @classmethod
+    def of(cls, path: str | Path | None) -> Run | None:
+        """The Run that holds ``path`` (run dir, model/, export/<fmt>/, checkpoints/x.ckpt)."""
+        if not path:
+            return None
+        here = Path(path).expanduser().resolve()
+        for candidate in [here, *here.parents][:4]:
+            if (candidate / CONFIG_FILE).is_file() or (candidate / SPLIT_FILE).is_file():
+                return cls(candidate)
+        return None
+
+    def config(self) -> dict[str, Any]:
+        if not self.config_file.is_file():
+            return {}
+        return OmegaConf.to_container(OmegaConf.load(self.config_file)) or {}
+
+    def write_config(self, resolved: dict[str, Any]) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.config_file.write_text(OmegaConf.to_yaml(resolved))
+
+    def start(self, resolved: dict[str, Any], splits: DatasetSplits, fresh: bool) -> None:
+        """Write the config and the split manifest; a fresh start clears an earlier run's files."""
+        if fresh:
+            self._clear_previous()
+        self.write_config(resolved)
+        self.write_split(splits)
+
+    def _clear_previous(self) -> None:
+        """A fresh run in a used run dir replaces the old run's metrics and checkpoints."""
+        if self.last_checkpoint.is_file():
+            log.warning(
+                "%s already holds checkpoints of an earlier run; starting fresh overwrites them "
+                "(use resume=auto to continue that run instead)",
+                self.root,
+            )
+        for old in checkpoints.candidates(self.root):  # else resume=auto could pick them up later
+            if old.name != self.last_checkpoint.name:
+                old.unlink()
+        for name in ("metrics.csv", tracking.RUN_ID_FILE, "load_failures.tsv"):
+            (self.root / name).unlink(missing_ok=True)
+
+    def finish(self, model: Any, processor: Any, meta: dict, summary: dict) -> None:
+        """Save ``model/`` (HF format, with its processor and ``meta``) and summary.json."""
+        save_hf(model, processor, self.model_dir, meta=meta)
+        self.summary_file.write_text(json.dumps(summary, indent=2))
+
+    def write_split(self, splits: DatasetSplits) -> Path:
+        """Record the screened split: relative path, label and sha256 of every file."""
+        root = Path(splits.root).resolve()
+        files = [
+            {
+                "split": name,
+                "path": Path(path).resolve().relative_to(root).as_posix(),
+                "label": splits.classes[label],
+                "sha256": sha256(path),
+            }
+            for name in SPLITS
+            for path, label in splits.split(name)
+        ]
+        doc = {"root": str(root), "classes": list(splits.classes), "files": files}
+        self.split_file.write_text(json.dumps(doc, indent=1))
+        return self.split_file
+
+    def read_split(self) -> DatasetSplits:
+        """The run's split, exactly as training used it (see ``run_samples`` for the checks)."""
+        if not self.split_file.is_file():
+            raise VitftError(
+                f"{self.root} has no {SPLIT_FILE} (written by train.py since the split manifest "
+                "was added): pass data_dir=/path/to/dataset to split it again"
+            )
+        doc = json.loads(self.split_file.read_text())
+        root = Path(doc["root"])
+        classes = list(doc["classes"])
+        parts: dict[str, list[Sample]] = {name: [] for name in SPLITS}
+        for row in doc["files"]:
+            parts[row["split"]].append((root / row["path"], classes.index(row["label"])))
+        return DatasetSplits(root, classes, **parts, origin=dict.fromkeys(SPLITS, SPLIT_FILE))
+
+
+def check_files(samples: list[Sample], split_file: Path, recorded: dict[str, str]) -> None:
+    """Each sample still exists with its recorded sha256: else the split is not the one the model
+    was trained and selected on."""
+    for path, _ in samples:
+        if not path.is_file():
+            raise VitftError(
+                f"{path} is listed in {split_file} but missing: pass data_dir= pointing at the "
+                "dataset the run was trained on"
+            )
+        if sha256(path) != recorded[str(path)]:
+            raise VitftError(
+                f"{path} changed since training (sha256 differs from {split_file}): the split is "
+                "no longer the run's; restore the file or pass data_dir= for other data"
+            )
+
+
+def run_samples(
+    model_path: str | Path | None,
+    split: str,
+    data_dir: str | Path | None = None,
+    labels: list[str] | None = None,
+) -> tuple[Path, list[str], list[Sample]]:
+    """(data root, classes, samples) of ``split`` for a model.
+
+    Without ``data_dir``: the run's split manifest, each file checked against its sha256. With
+    ``data_dir`` (other data, on purpose): that folder, split with the run's split settings.
+    """
+    run = Run.of(model_path)
+    if run is not None and run.split_file.is_file() and not data_dir:
+        splits = run.read_split()
+        samples = splits.split(split)
+        doc = json.loads(run.split_file.read_text())
+        recorded = {
+            str(splits.root / r["path"]): r["sha256"] for r in doc["files"] if r["split"] == split
+        }
+        check_files(samples, run.split_file, recorded)
+        return splits.root, splits.classes, samples
+    data = dict((run.config() if run else {}).get("data") or {})
+    if data_dir:
+        data["data_dir"] = str(data_dir)
+    if not data.get("data_dir"):
+        where = run.root if run else Path(model_path or ".").parent
+        raise VitftError(
+            f"no images to check the model on: {where} has no {SPLIT_FILE} or config.yaml with "
+            "data.data_dir; pass data_dir=/path/to/dataset (with train/ and val/ class folders)"
+        )
+    splits = scan_dataset(
+        data["data_dir"],
+        labels,
+        data.get("val_fraction", 0.15),
+        data.get("test_fraction", 0.15),
+        data.get("split_seed", 0),
+    )
+    return splits.root, splits.classes, splits.split(split)
+
+
+def model_images(
+    model_path: str | Path,
+    labels: list[str],
+    processor: Any,
+    split: str,
+    data_dir: str | Path | None = None,
+    max_images: int | None = None,
+) -> ImageSet:
+    """The preprocessed images of ``split`` that a model is checked on (see ``run_samples``)."""
+    root, classes, samples = run_samples(model_path, split, data_dir, list(labels))
+    if list(classes) != list(labels):
+        raise VitftError(
+            f"the split's classes {classes} are not the model's {list(labels)}: pass data_dir= "
+            "pointing at the dataset the model was trained on"
+        )
+    return load_images(samples, processor, split, root, max_images)

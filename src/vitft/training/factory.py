@@ -1,0 +1,130 @@
+"""Small factories that turn the training config into objects: splits, datamodule, module,
+trainer. ``vitft.apps.train.train`` calls them in order; each is one step of the story."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Callback
+from omegaconf import DictConfig
+
+from vitft.core.errors import VitftError
+from vitft.data import doctor
+from vitft.data.folder import DatasetSplits, scan_dataset
+from vitft.models.classifier import ImageClassifier
+from vitft.training import checkpoints
+from vitft.training.batch_size import AUTO, initial_batch_size
+from vitft.training.cache import FeatureDataModule, build_cache, use_cache
+from vitft.training.datamodule import FolderDataModule
+from vitft.training.distill import load_teacher
+from vitft.training.module import ClassifierModule
+
+log = logging.getLogger(__name__)
+
+
+def screened_splits(data: DictConfig, output_dir: Path) -> DatasetSplits:
+    """Scan the dataset into train/val/test and screen its files (``data.on_bad_file``)."""
+    splits = scan_dataset(
+        data.data_dir, data.classes, data.val_fraction, data.test_fraction, data.split_seed
+    )
+    splits = doctor.screen(
+        splits, data.get("on_bad_file", "skip"), data.get("check", "header"), output_dir
+    )
+    log.info("dataset %s\n%s", splits.root, splits.summary())
+    return splits
+
+
+def build_datamodule(
+    cfg: DictConfig, splits: DatasetSplits, model: ImageClassifier, processor: Any, out: Path
+) -> FolderDataModule:
+    """Images (or, for a frozen backbone, cached features) in batches."""
+    data = cfg.data
+    loader_kwargs = dict(
+        augment=data.augment,
+        batch_size=initial_batch_size(data.batch_size),
+        eval_batch_size=None if data.eval_batch_size == AUTO else data.eval_batch_size,
+        num_workers=data.num_workers,
+        pin_memory=data.pin_memory,
+        persistent_workers=data.persistent_workers,
+        failures_file=out / "load_failures.tsv",
+        seed=cfg.seed,
+    )
+    if use_cache(cfg.get("cache"), cfg.freeze):
+        cache = build_cache(cfg.cache, model, processor, data)
+        return FeatureDataModule(splits, processor, cache, **loader_kwargs)
+    return FolderDataModule(splits, processor, **loader_kwargs)
+
+
+def resolve_class_weights(spec: Any, counts: torch.Tensor) -> list[float] | None:
+    """``loss.class_weights``: null, ``auto`` (inverse class frequency) or one weight per class."""
+    if spec is None:
+        return None
+    if spec == "auto":
+        weights = counts.sum() / (len(counts) * counts.clamp(min=1))
+        return [round(float(w), 6) for w in weights]
+    weights = [float(w) for w in spec]
+    if len(weights) != len(counts):
+        raise VitftError(
+            f"loss.class_weights has {len(weights)} values but the data has {len(counts)} classes"
+        )
+    return weights
+
+
+def build_module(
+    cfg: DictConfig,
+    model: ImageClassifier,
+    processor: Any,
+    classes: list[str],
+    datamodule: FolderDataModule,
+    wandb_id: str,
+) -> ClassifierModule:
+    """The LightningModule: loss, metrics, optimizer groups, schedule, optional KD teacher."""
+    return ClassifierModule(
+        model,
+        optimizer=cfg.optimizer,
+        scheduler=cfg.get("scheduler"),
+        loss=cfg.loss,
+        class_weights=resolve_class_weights(
+            cfg.loss.get("class_weights"), datamodule.train_label_counts()
+        ),
+        processor=json.loads(processor.to_json_string()),
+        wandb_id=wandb_id,
+        distill=cfg.get("distill"),
+        teacher=load_teacher(cfg.get("distill"), classes, processor),
+    )
+
+
+def ema_callbacks(cfg: DictConfig) -> list[Callback]:
+    """``ema_decay``: an exponential moving average of the weights, used for val/test/export."""
+    if not cfg.get("ema_decay"):
+        return []
+    from lightning.pytorch.callbacks import EMAWeightAveraging  # only in newer Lightning releases
+
+    return [EMAWeightAveraging(decay=float(cfg.ema_decay))]
+
+
+def build_trainer(cfg: DictConfig, callbacks: list[Callback], loggers: list) -> L.Trainer:
+    return instantiate(
+        cfg.trainer,
+        # Under SLURM (scripts/slurm), Lightning writes hpc_ckpt_N.ckpt on SIGUSR1; once fit ends
+        # they are deleted, else validate/test below would load them instead of `best`.
+        callbacks=[*callbacks, checkpoints.SpentHpcCheckpoints()],
+        logger=loggers or False,
+        plugins=[checkpoints.AtomicCheckpointIO()],
+    )
+
+
+def load_weights(module: L.LightningModule, ckpt_path: str | Path) -> None:
+    """The module's weights from a checkpoint (weights_only: no code runs)."""
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=True)["state_dict"]
+    module.load_state_dict(state)
+
+
+def scalars(results: list[dict]) -> dict[str, float]:
+    return {k: float(v) for r in results for k, v in r.items()}

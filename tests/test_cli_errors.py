@@ -1,0 +1,35 @@
+"""Every root script answers a bad override with one line, ``error: ...``, and exit code 2:
+no traceback, and the line names the key or file at fault."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.test_cli import run_script
+
+MISSING = "/no/such/vitft/dir"
+
+# (script, overrides, text the error line must contain)
+CASES = [
+    ("train.py", ["model=vit_tiny", "head.name=nope"], "head='nope' is unknown"),
+    ("train.py", ["model=vit_tiny", "resume=sometimes"], "resume='sometimes' is unknown"),
+    ("eval.py", [f"model_dir={MISSING}"], "is not an HF model directory"),
+    ("predict.py", [f"model_dir={MISSING}", "inputs=x.png", "format=xml"], "format='xml'"),
+    ("export.py", [f"model_dir={MISSING}", "formats=[coreml]"], "formats=['coreml'] unknown"),
+    ("benchmark.py", [f"model_dir={MISSING}", "device=tpu"], "device='tpu'"),
+    ("benchmark.py", ["--model_path", MISSING], "is not an HF model directory"),
+    ("prune.py", [f"model_dir={MISSING}"], "is not an HF model directory"),
+    ("explain.py", [f"model_dir={MISSING}"], "set inputs="),
+    ("check_data.py", [f"data_dir={MISSING}"], f"data dir {MISSING} does not exist"),
+]
+
+
+@pytest.mark.parametrize(("script", "overrides", "expected"), CASES)
+def test_bad_override_is_one_line_and_exit_2(script, overrides, expected, tmp_path):
+    out = [f"output_dir={tmp_path}"] if script in ("export.py", "benchmark.py", "prune.py") else []
+    proc = run_script(script, *overrides, *out, f"hydra.run.dir={tmp_path}")
+    both = proc.stdout + proc.stderr
+    assert proc.returncode == 2, both[-3000:]
+    assert "Traceback" not in both, both[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and expected in errors[0], proc.stderr[-3000:]
