@@ -42,7 +42,7 @@ def available() -> dict[str, tuple[str, str]]:
     """The commands whose config ships with this install (pretrain once pretrain.yaml exists)."""
     found = dict(COMMANDS)
     if (conf_dir() / "pretrain.yaml").is_file():
-        found["pretrain"] = ("pretrain", "vitft.pretrain:pretrain")
+        found["pretrain"] = ("pretrain", "vitft.apps.pretrain:pretrain")
     return {cmd: spec for cmd, spec in found.items() if (conf_dir() / f"{spec[0]}.yaml").is_file()}
 
 

@@ -92,11 +92,11 @@ class Run:
     def start(self, resolved: dict[str, Any], splits: DatasetSplits, fresh: bool) -> None:
         """Write the config and the split manifest; a fresh start clears an earlier run's files."""
         if fresh:
-            self._clear_previous()
+            self.clear_previous()
         self.write_config(resolved)
         self.write_split(splits)
 
-    def _clear_previous(self) -> None:
+    def clear_previous(self) -> None:
         """A fresh run in a used run dir replaces the old run's metrics and checkpoints."""
         if self.last_checkpoint.is_file():
             log.warning(
