@@ -12,7 +12,7 @@ from vitft.core.errors import VitftError
 from vitft.data.folder import scan_dataset
 from vitft.models.classifier import build_model
 from vitft.training.datamodule import FolderDataModule
-from vitft.training.freeze import Freeze, build_freeze
+from vitft.training.freeze import STRATEGIES, build_freeze
 from vitft.training.module import ClassifierModule
 
 
@@ -70,7 +70,7 @@ def test_freezing_is_real(tiny_data, strategy, n):
     dm = FolderDataModule(splits, processor, batch_size=8)
     trainer = L.Trainer(
         max_steps=3,
-        callbacks=[Freeze(strategy, n)],
+        callbacks=[STRATEGIES[strategy](**({} if n is None else {"n": n}))],
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,

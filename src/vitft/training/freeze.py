@@ -1,4 +1,5 @@
-"""Layer-freezing and parameter-efficient strategies, as Lightning ``BaseFinetuning`` callbacks.
+"""Layer-freezing and parameter-efficient strategies: one Lightning ``BaseFinetuning`` subclass
+each, over the shared machinery of ``Freeze`` (freezing, staged unfreezing, LR schedules, DDP).
 
 Static (the same trainable set for the whole run):
 - ``none``: everything trains (Flash: no_freeze).
@@ -26,6 +27,7 @@ requires_grad).
 
 from __future__ import annotations
 
+import inspect
 import logging
 
 from lightning.pytorch.callbacks import BaseFinetuning
@@ -45,10 +47,6 @@ from vitft.training.distributed import (
 
 log = logging.getLogger(__name__)
 
-STATIC = ("none", "backbone", "last_n", "bitfit", "lora")
-STAGED = ("freeze_unfreeze", "unfreeze_milestones")
-STRATEGIES = STATIC + STAGED
-
 
 def parameter_counts(model: nn.Module) -> dict[str, int]:
     total = sum(p.numel() for p in model.parameters())
@@ -56,83 +54,60 @@ def parameter_counts(model: nn.Module) -> dict[str, int]:
     return {"total": total, "trainable": trainable, "frozen": total - trainable}
 
 
-class Freeze(BaseFinetuning):
-    """Freeze part of the model before training, and unfreeze on schedule (staged strategies)."""
+def _check_depth(model: ImageClassifier, n: int | None) -> None:
+    depth = len(backbone_parts(model.backbone).blocks)
+    if n is None or not 0 <= int(n) <= depth:
+        raise VitftError(
+            f"freeze.n={n} does not fit: {model.config.model_type} has {depth} blocks, "
+            f"so freeze.n must be between 0 and {depth}"
+        )
 
-    def __init__(
-        self,
-        name: str = "backbone",
-        n: int | None = None,
-        unfreeze_epoch: int = 5,
-        milestones: tuple[int, int] = (2, 4),
-        backbone_lr_ratio: float = 0.1,
-        lora: dict | None = None,
-    ):
+
+class Freeze(BaseFinetuning):
+    """What every strategy shares. A subclass says what is frozen at the start
+    (``modules_to_freeze``, ``keeps_training``) and, when staged, what unfreezes when
+    (``unfreeze_at``)."""
+
+    name = "backbone"
+    n: int | None = None
+
+    def __init__(self, backbone_lr_ratio: float = 0.1):
         super().__init__()
-        if name not in STRATEGIES:
-            raise VitftError(f"freeze={name!r} is unknown; use one of {list(STRATEGIES)}")
-        self.name = name
-        self.n = n
-        self.unfreeze_epoch = int(unfreeze_epoch)
-        self.milestones = tuple(int(m) for m in milestones)
         self.backbone_lr_ratio = float(backbone_lr_ratio)
-        self.lora = dict(lora or {})
-        if name == "unfreeze_milestones" and not (
-            len(self.milestones) == 2 and 0 <= self.milestones[0] <= self.milestones[1]
-        ):
-            raise VitftError(
-                f"freeze.milestones={list(milestones)} must be two epochs [e1, e2] with e1 <= e2"
-            )
 
     # -- checks and model surgery, before any Trainer exists --------------------------------
     def check(self, model: ImageClassifier) -> None:
         """Fail before training when the strategy does not fit the model."""
-        if self.name not in ("last_n", "unfreeze_milestones"):
-            return
-        depth = len(backbone_parts(model.backbone).blocks)
-        if self.n is None or not 0 <= int(self.n) <= depth:
-            raise VitftError(
-                f"freeze.n={self.n} does not fit: {model.config.model_type} has {depth} blocks, "
-                f"so freeze.n must be between 0 and {depth}"
-            )
 
     def prepare(self, model: ImageClassifier) -> None:
         """Change the model's structure where the strategy needs it (LoRA adapters)."""
-        if self.name == "lora":
-            add_lora(model, **self.lora)
 
     # -- what is frozen -----------------------------------------------------------------------
-    def _top(self, model: ImageClassifier) -> list[nn.Module]:
-        parts = backbone_parts(model.backbone)
-        return [*parts.blocks[len(parts.blocks) - int(self.n) :], *parts.post]
-
     def modules_to_freeze(self, model: ImageClassifier) -> list[nn.Module]:
-        if self.name == "none":
-            return []
-        if self.name in ("backbone", "bitfit", "lora", "freeze_unfreeze", "unfreeze_milestones"):
-            return [model.backbone]
-        self.check(model)
-        parts = backbone_parts(model.backbone)
-        keep = len(parts.blocks) - int(self.n)
-        return [parts.embeddings, *parts.blocks[:keep], *(parts.post if self.n == 0 else [])]
+        return [model.backbone]
+
+    def keeps_training(self, name: str) -> bool:
+        """Backbone parameters that train although their module is frozen (biases, adapters)."""
+        return False
 
     def apply(self, model: ImageClassifier) -> None:
         """Freeze ``model`` in place as it should be at the start of training."""
         modules = self.modules_to_freeze(model)
         if modules:
             self.freeze(modules, train_bn=False)
-        if self.name == "bitfit":
-            for name, p in model.backbone.named_parameters():
-                p.requires_grad = name.endswith("bias")
-        elif self.name == "lora":
-            for name, p in model.backbone.named_parameters():
-                p.requires_grad = "lora_" in name
+        for name, p in model.backbone.named_parameters():
+            if self.keeps_training(name):
+                p.requires_grad = True
         keep_unused_frozen(model)
 
     def freeze_before_training(self, pl_module) -> None:
         self.apply(pl_module.model)
 
     # -- staged unfreezing --------------------------------------------------------------------
+    def unfreeze_at(self, model: ImageClassifier, epoch: int) -> list[list[nn.Module]]:
+        """The module lists that train from ``epoch`` on (idempotent: also after a resume)."""
+        return []
+
     def _extend_schedules(self, trainer, optimizer) -> None:
         """Give param groups added after the LR scheduler was built the same schedule, scaled
         by backbone_lr_ratio (torch's LambdaLR zips groups and lambdas strictly)."""
@@ -165,22 +140,14 @@ class Freeze(BaseFinetuning):
     def finetune_function(self, pl_module, current_epoch: int, optimizer) -> None:
         model = pl_module.model
         before = trainable(model)
-        self._finetune(model, current_epoch, optimizer, pl_module)
+        for modules in self.unfreeze_at(model, current_epoch):
+            self._unfreeze(modules, optimizer, pl_module)
         if trainable(model) != before:  # also on resume: requires_grad is restored here
             resync_ddp(pl_module.trainer)
 
-    def _finetune(self, model, current_epoch: int, optimizer, pl_module) -> None:
-        if self.name == "freeze_unfreeze" and current_epoch >= self.unfreeze_epoch:
-            self._unfreeze([model.backbone], optimizer, pl_module)
-        elif self.name == "unfreeze_milestones":
-            if current_epoch >= self.milestones[0]:
-                self._unfreeze(self._top(model), optimizer, pl_module)
-            if current_epoch >= self.milestones[1]:
-                self._unfreeze([model.backbone], optimizer, pl_module)
-
     def on_fit_start(self, trainer, pl_module) -> None:
         super().on_fit_start(trainer, pl_module)  # on resume: restores the added param groups
-        if self.name in STAGED:
+        if type(self).unfreeze_at is not Freeze.unfreeze_at:
             check_staged_strategy(trainer, self.name)
         for optimizer in trainer.optimizers:
             self._extend_schedules(trainer, optimizer)
@@ -195,20 +162,136 @@ class Freeze(BaseFinetuning):
             lg.log_hyperparams({f"params/{k}": v for k, v in counts.items()})
 
 
+class NoFreeze(Freeze):
+    """Everything trains (Flash: no_freeze)."""
+
+    name = "none"
+
+    def modules_to_freeze(self, model: ImageClassifier) -> list[nn.Module]:
+        return []
+
+
+class FreezeBackbone(Freeze):
+    """Only the head trains (Flash: freeze)."""
+
+    name = "backbone"
+
+
+class LastN(Freeze):
+    """The last ``n`` blocks, the final norm and the head train."""
+
+    name = "last_n"
+
+    def __init__(self, n: int = 4):
+        super().__init__()
+        self.n = n
+
+    def check(self, model: ImageClassifier) -> None:
+        _check_depth(model, self.n)
+
+    def modules_to_freeze(self, model: ImageClassifier) -> list[nn.Module]:
+        self.check(model)
+        parts = backbone_parts(model.backbone)
+        keep = len(parts.blocks) - int(self.n)
+        return [parts.embeddings, *parts.blocks[:keep], *(parts.post if self.n == 0 else [])]
+
+
+class BitFit(Freeze):
+    """Only the backbone's biases and the head train."""
+
+    name = "bitfit"
+
+    def keeps_training(self, name: str) -> bool:
+        return name.endswith("bias")
+
+
+class LoRA(Freeze):
+    """LoRA adapters (peft) on the attention projections, and the head, train."""
+
+    name = "lora"
+
+    def __init__(self, lora: dict | None = None):
+        super().__init__()
+        self.lora = dict(lora or {})
+
+    def prepare(self, model: ImageClassifier) -> None:
+        add_lora(model, **self.lora)
+
+    def keeps_training(self, name: str) -> bool:
+        return "lora_" in name
+
+
+class FreezeUnfreeze(Freeze):
+    """The head; the whole backbone from ``unfreeze_epoch`` on."""
+
+    name = "freeze_unfreeze"
+
+    def __init__(self, unfreeze_epoch: int = 5, backbone_lr_ratio: float = 0.1):
+        super().__init__(backbone_lr_ratio)
+        self.unfreeze_epoch = int(unfreeze_epoch)
+
+    def unfreeze_at(self, model: ImageClassifier, epoch: int) -> list[list[nn.Module]]:
+        return [[model.backbone]] if epoch >= self.unfreeze_epoch else []
+
+
+class UnfreezeMilestones(Freeze):
+    """The head; the top ``n`` blocks and final norm from ``milestones[0]``, the rest of the
+    backbone from ``milestones[1]``."""
+
+    name = "unfreeze_milestones"
+
+    def __init__(
+        self, milestones: tuple[int, int] = (2, 4), n: int = 4, backbone_lr_ratio: float = 0.1
+    ):
+        super().__init__(backbone_lr_ratio)
+        self.milestones = tuple(int(m) for m in milestones)
+        self.n = n
+        if not (len(self.milestones) == 2 and 0 <= self.milestones[0] <= self.milestones[1]):
+            raise VitftError(
+                f"freeze.milestones={list(milestones)} must be two epochs [e1, e2] with e1 <= e2"
+            )
+
+    def check(self, model: ImageClassifier) -> None:
+        _check_depth(model, self.n)
+
+    def unfreeze_at(self, model: ImageClassifier, epoch: int) -> list[list[nn.Module]]:
+        parts = backbone_parts(model.backbone)
+        top = [*parts.blocks[len(parts.blocks) - int(self.n) :], *parts.post]
+        return [top] * (epoch >= self.milestones[0]) + [[model.backbone]] * (
+            epoch >= self.milestones[1]
+        )
+
+
+# freeze.name -> strategy: the registry of conf/freeze/.
+STRATEGIES: dict[str, type[Freeze]] = {
+    cls.name: cls
+    for cls in (
+        NoFreeze,
+        FreezeBackbone,
+        LastN,
+        BitFit,
+        LoRA,
+        FreezeUnfreeze,
+        UnfreezeMilestones,
+    )
+}
+
+
 def build_freeze(cfg: dict, model: ImageClassifier) -> Freeze:
     """The freeze callback for ``cfg`` (conf/freeze/), checked against ``model`` and applied to
     its structure now (LoRA), before the Lightning module and optimizer exist."""
     cfg = dict(cfg)
-    cb = Freeze(
-        cfg.pop("name", "backbone"),
-        n=cfg.pop("n", None),
-        unfreeze_epoch=cfg.pop("unfreeze_epoch", 5),
-        milestones=tuple(cfg.pop("milestones", (2, 4))),
-        backbone_lr_ratio=cfg.pop("backbone_lr_ratio", 0.1),
-        lora=cfg.pop("lora", None),
-    )
-    if cfg:
-        raise VitftError(f"freeze has unknown keys {sorted(cfg)} for freeze={cb.name}")
+    name = cfg.pop("name", "backbone")
+    if name not in STRATEGIES:
+        raise VitftError(f"freeze={name!r} is unknown; use one of {list(STRATEGIES)}")
+    strategy = STRATEGIES[name]
+    accepted = set(inspect.signature(strategy.__init__).parameters) - {"self"}
+    unknown = sorted(set(cfg) - accepted)
+    if unknown:
+        raise VitftError(
+            f"freeze has unknown keys {unknown} for freeze={name} (it takes {sorted(accepted)})"
+        )
+    cb = strategy(**cfg)
     cb.check(model)
     cb.prepare(model)
     return cb
