@@ -170,6 +170,13 @@ class DataReport:
         return "\n".join(lines)
 
 
+def class_name(classes: list[str], label: int | tuple[int, ...]) -> str:
+    """The class of a label, or for a multi-label 0/1 tuple its classes joined by ';'."""
+    if isinstance(label, int):
+        return classes[label]
+    return ";".join(c for c, v in zip(classes, label, strict=True) if v) or "(none)"
+
+
 def _item(kind: str, path: Path | str, detail: str, split: str = "", cls: str = "") -> dict:
     return {"kind": kind, "path": str(path), "detail": detail, "split": split, "class": cls}
 
@@ -296,7 +303,8 @@ def screen(
     entries = [(s, path, label) for s in SPLITS for path, label in splits.split(s)]
     checks = inspect_files([p for _, p, _ in entries], decode=check == "decode")
     named = [
-        (s, splits.classes[label], fc) for (s, _, label), fc in zip(entries, checks, strict=True)
+        (s, class_name(splits.classes, label), fc)
+        for (s, _, label), fc in zip(entries, checks, strict=True)
     ]
     bad = [_item(fc.problem, fc.path, fc.detail, s, c) for s, c, fc in named if fc.problem]
     leaks = [d for d in _duplicates(named) if d["kind"] == "duplicate_across_splits"]
@@ -339,7 +347,7 @@ def screen(
     out_splits = replace(splits, **kept)
     for s in SPLITS:
         for c, n in out_splits.counts(s).items():
-            if n == 0:
+            if n == 0 and (s == "train" or not splits.multilabel):
                 raise VitftError(
                     f"{s} split of {splits.root}: class {c!r} has no usable images left after "
                     f"skipping bad files ({counts}); fix or replace them"

@@ -86,6 +86,7 @@ def to_hf(model: ImageClassifier) -> PreTrainedModel:
         head=model.head_cfg,
         id2label=model.config.id2label,
         label2id=model.config.label2id,
+        problem_type=model.config.problem_type,
     )
     hf_model = VitftForImageClassification(config)
     hf_model.load_state_dict(model.state_dict())
@@ -120,6 +121,7 @@ def load_model(model_dir: str | Path) -> tuple[ImageClassifier, Any]:
         # id2label lives on the wrapper config; keep it on the backbone too.
         model.backbone.config.id2label = dict(hf_model.config.id2label)
         model.backbone.config.label2id = dict(hf_model.config.label2id)
+        model.backbone.config.problem_type = hf_model.config.problem_type
     else:
         model = ImageClassifier.from_hf(hf_model, {"name": "linear"})
     return model.eval(), processor
