@@ -24,6 +24,16 @@ def source_of(data: Any) -> str:
     return source
 
 
+def infer_source(location: str | Path) -> str:
+    """The source a path looks like: a manifest file, a saved HF dataset, or class folders."""
+    path = Path(str(location)).expanduser()
+    if path.suffix.lower() in SUFFIXES:
+        return "manifest"
+    if any((path / f).is_file() for f in ("dataset_dict.json", "state.json")):
+        return "hf"
+    return "folder"
+
+
 def scan_data(
     data: Any, multilabel: bool | None = None, output_dir: str | Path | None = None
 ) -> DatasetSplits:

@@ -31,6 +31,7 @@ from vitft.models.backbone import classifier_in_features
 from vitft.models.classifier import ImageClassifier
 from vitft.models.heads import LinearHead, build_head
 from vitft.models.lora import merged_backbone
+from vitft.multilabel import DEFAULT_THRESHOLD
 
 VITFT_MODEL_TYPE = "vitft"
 
@@ -104,6 +105,22 @@ def save_hf(
     info = {"head": model.head_cfg, "labels": model.labels, **(meta or {})}
     (out_dir / "vitft.json").write_text(json.dumps(info, indent=2, default=str))
     return out_dir
+
+
+def model_info(model_dir: str | Path) -> dict:
+    """The vitft.json that ``save_hf`` wrote ({} for a plain HF model dir)."""
+    path = Path(model_dir) / "vitft.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def multilabel_facts(model_dir: str | Path, labels: list[str]) -> dict:
+    """What an export of a multi-label model records: sigmoid outputs and per-class thresholds."""
+    tuned = model_info(model_dir).get("thresholds") or {}
+    return {
+        "multilabel": True,
+        "output_activation": "sigmoid",
+        "thresholds": {c: float(tuned.get(c, DEFAULT_THRESHOLD)) for c in labels},
+    }
 
 
 def load_model(model_dir: str | Path) -> tuple[ImageClassifier, Any]:
