@@ -166,7 +166,7 @@ def read_manifest(
     m = Manifest(file, bool(multilabel), known, [])
     if not classes:
         _similar_names(m, Counter(lb for p in parsed for lb in p[2]))
-    by_path: dict[Path, list[tuple[int, tuple[str, ...], str | None]]] = defaultdict(list)
+    by_path: dict[Path, list[tuple[int, str, tuple[str, ...], str | None]]] = defaultdict(list)
     for line, raw, labels, split, _ in parsed:
         if not raw:
             m.problems.append(_problem("missing_file", line, raw, "empty path"))
@@ -182,25 +182,26 @@ def read_manifest(
         elif not labels and not m.multilabel:
             m.problems.append(_problem("empty_label", line, raw, f"{raw}: empty label"))
         else:
-            by_path[path].append((line, tuple(sorted(set(labels))), split))
+            by_path[path].append((line, raw, tuple(sorted(set(labels))), split))
     for path, entries in by_path.items():
-        line, labels, split = entries[0]
-        raw = str(path)
-        if len({(lb, sp) for _, lb, sp in entries}) > 1:
+        line, raw, labels, split = entries[0]
+        if len({(lb, sp) for _, _, lb, sp in entries}) > 1:
             seen = "; ".join(
-                f"line {n}: {list(lb)}{f' ({sp})' if sp else ''}" for n, lb, sp in entries
+                f"line {n}: {list(lb)}{f' ({sp})' if sp else ''}" for n, _, lb, sp in entries
             )
-            for n, _, _ in entries:
+            for n, _, _, _ in entries:
                 m.problems.append(
                     _problem("conflicting_labels", n, raw, f"{raw} is listed differently: {seen}")
                 )
             continue
-        for n, _, _ in entries[1:]:
+        for n, _, _, _ in entries[1:]:
             m.warnings.append(_problem("duplicate_row", n, raw, f"repeats line {line} (used once)"))
         if not path.is_file():
             m.problems.append(_problem("missing_file", line, raw, f"{raw}: no such file"))
             continue
         m.rows.append(Row(line, path, labels, split))
+    if not classes:  # a label seen only on bad rows is not a class
+        m.classes = sorted({lb for r in m.rows for lb in r.labels})
     m.problems.sort(key=lambda p: p["line"])
     empty = [r.line for r in m.rows if not r.labels]
     if empty and m.multilabel:
@@ -262,6 +263,13 @@ def scan_manifest(
             skipped_file.write_text(
                 json.dumps({"manifest": str(m.file), "rows": m.problems}, indent=2)
             )
+    return manifest_splits(m, val_fraction, test_fraction, split_seed)
+
+
+def manifest_splits(
+    m: Manifest, val_fraction: float = 0.15, test_fraction: float = 0.15, split_seed: int = 0
+) -> DatasetSplits:
+    """The usable rows of a read manifest as train/val/test (carved where there is no split)."""
     if not m.rows:
         raise VitftError(f"manifest {m.file}: no usable rows left")
     index = {c: i for i, c in enumerate(m.classes)}
