@@ -22,7 +22,7 @@ from vitft.distill import kd_loss
 from vitft.metrics import build_confusion, build_metrics, flatten
 from vitft.models.backbone import backbone_parts
 from vitft.models.classifier import ImageClassifier
-from vitft.multilabel import DEFAULT_THRESHOLD, is_multilabel, tune_from_curve
+from vitft.multilabel import DEFAULT_THRESHOLD, curve_ap, is_multilabel, tune_from_curve
 
 # Parameters that never get weight decay besides norms and biases (timm's rule: all 1-d params).
 NO_DECAY_NAMES = ("cls_token", "position_embeddings", "pos_embed", "mask_token", "register_tokens")
@@ -208,7 +208,7 @@ class ClassifierModule(L.LightningModule):
         curve.reset()
         aps = []
         for cls, p, r in zip(self.classes, precision, recall, strict=True):
-            ap = float(-torch.sum((r[1:] - r[:-1]) * p[:-1])) if float(r.max()) > 0 else None
+            ap = curve_ap(p, r)
             if ap is not None:
                 values[f"{stage}/ap_{cls}"] = ap
                 aps.append(ap)

@@ -45,7 +45,7 @@ def tune_from_curve(
     out: list[float | None] = []
     for p, r, t in zip(precision, recall, thresholds, strict=True):
         p, r = p[:-1], r[:-1]  # the last point (recall 0, precision 1) has no threshold
-        if len(t) == 0 or float(r.max()) == 0.0:
+        if len(t) == 0 or float(p.max()) == 0.0:  # no positives: precision 0 everywhere
             out.append(None)
             continue
         f1 = 2 * p * r / (p + r).clamp(min=1e-12)
@@ -53,6 +53,13 @@ def tune_from_curve(
         below = float(t[best - 1]) if best > 0 else 0.0
         out.append((float(t[best]) + below) / 2)
     return out
+
+
+def curve_ap(precision: torch.Tensor, recall: torch.Tensor) -> float | None:
+    """Average precision of one class's PR curve (None without positives)."""
+    if precision.numel() < 2 or float(precision[:-1].max()) == 0.0:
+        return None
+    return float(-torch.sum((recall[1:] - recall[:-1]) * precision[:-1]))
 
 
 def tune_thresholds(probs: torch.Tensor, target: torch.Tensor) -> list[float | None]:
