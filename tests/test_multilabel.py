@@ -2,21 +2,17 @@
 
 import json
 
-import lightning as L
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
 from tests.conftest import CONF, TINY_VIT_CONFIG, make_cfg, make_multilabel_manifest
-from vitft.data.datamodule import FolderDataModule
+from tests.test_strategies import fit_steps
 from vitft.data.manifest import scan_manifest
 from vitft.errors import VitftError
 from vitft.evaluate import evaluate
 from vitft.export.formats import export
-from vitft.freeze import build_freeze
-from vitft.models.classifier import build_model
-from vitft.module import ClassifierModule
 from vitft.multilabel import PROBLEM_TYPE, compute_metrics, pos_weights, tune_thresholds
 from vitft.predict import Predictor
 from vitft.train import train
@@ -120,26 +116,14 @@ def test_predict_eval_and_export_return_label_sets(trained):
     "freeze", sorted(p.stem for p in (CONF / "freeze").glob("*.yaml")), ids=str
 )
 def test_every_freeze_strategy_trains_multilabel(tmp_path, freeze):
-    L.seed_everything(0)
     splits = scan_manifest(make_multilabel_manifest(tmp_path, n=16))
-    model, processor = build_model({"config": TINY_VIT_CONFIG}, {"name": "linear"}, splits.classes)
-    model.config.problem_type = PROBLEM_TYPE
     freeze_cfg = OmegaConf.to_container(OmegaConf.load(CONF / "freeze" / f"{freeze}.yaml"))
-    # Small enough for a 2-block ViT, and every unfreeze step happens within 2 epochs.
+    # Small enough for a 3-block ViT, and every unfreeze step happens within 2 epochs.
     overrides = {"n": 1, "milestones": [0, 1], "unfreeze_epoch": 1}
     freeze_cfg.update({k: v for k, v in overrides.items() if k in freeze_cfg})
-    module = ClassifierModule(model, optimizer=OPT)
-    trainer = L.Trainer(
-        max_epochs=2,
-        callbacks=[build_freeze(freeze_cfg, model)],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        limit_val_batches=0,
-        accelerator="cpu",
-        enable_model_summary=False,
-    )
-    trainer.fit(module, datamodule=FolderDataModule(splits, processor, batch_size=8))
+    model, changed, trainer = fit_steps(splits, freeze_cfg, epochs=2)
+    module = trainer.lightning_module
+    assert changed and all(p.requires_grad for k, p in model.named_parameters() if k in changed)
     assert module.multilabel and isinstance(module.criterion, torch.nn.BCEWithLogitsLoss)
     assert trainer.global_step == 4
 
