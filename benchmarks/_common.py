@@ -166,3 +166,14 @@ def machine_note() -> str:
         f"cpu cores={os.cpu_count()} torch threads={torch.get_num_threads()} "
         f"load avg(1m)={load:.2f} torch={torch.__version__}"
     )
+
+
+def cpu_flags() -> str:
+    """The CPU's vector/matrix extensions that decide int8 and fp32 speed (from /proc/cpuinfo)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "cpu flags: unknown"
+    flags = set(next((ln for ln in text.splitlines() if ln.startswith("flags")), "").split())
+    wanted = ["avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16"]
+    return "cpu flags: " + " ".join(f"{f}={'yes' if f in flags else 'no'}" for f in wanted)

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from vitft import checkpoints, tracking
 from vitft.models.backbone import load_backbone
 from vitft.pretraining.data import UnlabelledDataModule, find_images, screen
-from vitft.pretraining.encoder import save_encoder
+from vitft.pretraining.encoder import save_encoder, vit_encoder
 from vitft.pretraining.module import PretrainModule
 from vitft.train import _instantiate_all, _start_fresh, resolve_ckpt_path
 
@@ -37,6 +37,7 @@ def pretrain(cfg: DictConfig) -> tuple[dict, dict]:
     images = screen(find_images(data.roots), output_dir, data.get("check", "header"))
     log.info("pretraining on %d images from %s (labels ignored)", len(images), data.roots)
     backbone, processor = load_backbone(cfg.model, labels=["image"])
+    vit_encoder(backbone)  # a clear error for other architectures, before the method is built
     method = instantiate(cfg.pretraining, backbone=backbone, processor=processor)
     datamodule = UnlabelledDataModule(
         images,

@@ -18,11 +18,10 @@ from vitft.data.doctor import (
     _duplicates,
     _item,
     check_dataset,
-    class_name,
     inspect_files,
     unusual,
 )
-from vitft.data.folder import SPLITS
+from vitft.data.folder import SPLITS, class_name
 from vitft.data.manifest import manifest_splits, read_manifest
 from vitft.data.sources import source_of
 from vitft.errors import VitftError

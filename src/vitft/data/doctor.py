@@ -31,6 +31,7 @@ from vitft.data.folder import (
     DatasetSplits,
     _is_hidden_or_junk,
     class_folders,
+    class_name,
     scan_dataset,
 )
 from vitft.errors import VitftError
@@ -168,13 +169,6 @@ class DataReport:
             verdict += "; ".join(self.reasons(on_bad_file))
         lines.append(verdict)
         return "\n".join(lines)
-
-
-def class_name(classes: list[str], label: int | tuple[int, ...]) -> str:
-    """The class of a label, or for a multi-label 0/1 tuple its classes joined by ';'."""
-    if isinstance(label, int):
-        return classes[label]
-    return ";".join(c for c, v in zip(classes, label, strict=True) if v) or "(none)"
 
 
 def _item(kind: str, path: Path | str, detail: str, split: str = "", cls: str = "") -> dict:

@@ -66,6 +66,13 @@ class DatasetSplits:
         return "\n".join(lines)
 
 
+def class_name(classes: list[str], label: int | tuple[int, ...]) -> str:
+    """The class of a label, or for a multi-label 0/1 tuple its classes joined by ';'."""
+    if isinstance(label, int):
+        return classes[label]
+    return ";".join(c for c, v in zip(classes, label, strict=True) if v) or "(none)"
+
+
 def _is_hidden_or_junk(name: str) -> bool:
     return name.startswith(".") or name.lower() in JUNK_NAMES
 
