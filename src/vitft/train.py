@@ -178,14 +178,14 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     if cfg.get("train", True):
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     elif ckpt_path:
-        module.load_state_dict(torch.load(ckpt_path, weights_only=True)["state_dict"])
+        # Onto the CPU: the checkpoint may come from a GPU (or another rank's GPU); the Trainer
+        # moves the module to this process's device.
+        module.load_state_dict(checkpoints.read_checkpoint(ckpt_path)["state_dict"])
 
     best = next((cb.best_model_path for cb in callbacks if isinstance(cb, ModelCheckpoint)), "")
     if best and cfg.get("train", True):
         # Validate, test and export the best checkpoint, not the last epoch's weights.
-        module.load_state_dict(
-            torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
-        )
+        module.load_state_dict(checkpoints.read_checkpoint(best)["state_dict"])
     metrics: dict[str, float] = {}
     metrics.update(_scalars(trainer.validate(module, datamodule=datamodule, verbose=False)))
     if cfg.get("test", True):
