@@ -31,8 +31,11 @@ from vitft.distill import load_teacher
 from vitft.errors import VitftError
 from vitft.export.hf import save_hf
 from vitft.freeze import build_freeze
+from vitft.modelio.card import write_card
+from vitft.modelio.hub import push_model_dir
 from vitft.models.classifier import build_model
 from vitft.module import ClassifierModule
+from vitft.run.provenance import write_provenance
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +146,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     # rank 0 writes the run dir (config, fresh-start cleanup, checkpoints, logs, export).
     if rank_zero_only.rank == 0:
         (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
+        provenance = write_provenance(output_dir, cfg.model, splits)
         if not ckpt_path:
             _start_fresh(output_dir)
     rid = tracking.run_id(output_dir, ckpt_path)
@@ -222,6 +226,16 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
             },
         )
         (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        write_card(
+            output_dir / "model",
+            task=cfg.task.get("name"),
+            classes=splits.classes,
+            metrics=metrics,
+            config=resolved,
+            provenance=provenance,
+        )
+        tracking.log_to_wandb(loggers, output_dir / "model", output_dir / "metrics.csv", ["best"])
+        push_model_dir(output_dir / "model", cfg.get("hub"))
         log.info("run dir: %s", output_dir)
     return metrics, {
         "trainer": trainer,
