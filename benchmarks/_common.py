@@ -95,6 +95,8 @@ def compose(output_dir: Path, data_dir: Path, *overrides: str):
 
     base = [
         "trainer=cpu",
+        # fp32 unless a benchmark sets otherwise: figures comparable across CPUs with/without bf16
+        "trainer.precision=32-true",
         "logger=none",
         "task=folder",
         f"task.data_dir={data_dir}",

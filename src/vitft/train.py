@@ -31,6 +31,7 @@ from vitft.distill import load_teacher
 from vitft.errors import VitftError
 from vitft.export.hf import save_hf
 from vitft.freeze import build_freeze
+from vitft.hardware import resolve_precision
 from vitft.modelio.card import write_card
 from vitft.modelio.hub import push_model_dir
 from vitft.models.classifier import build_model
@@ -169,6 +170,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     loggers = tracking.build_loggers(cfg.get("logger"), output_dir, rid, resolved)
     trainer: L.Trainer = instantiate(
         cfg.trainer,
+        precision=resolve_precision(cfg.trainer.get("precision"), cfg.trainer.get("accelerator")),
         # Under SLURM (scripts/slurm), Lightning writes hpc_ckpt_N.ckpt on SIGUSR1; once fit ends
         # they are deleted, else validate/test below would load them instead of `best`.
         callbacks=[*callbacks, checkpoints.SpentHpcCheckpoints()],
