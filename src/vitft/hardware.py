@@ -14,7 +14,16 @@ log = logging.getLogger(__name__)
 
 AUTO = "auto"
 # CPU flags (Linux /proc/cpuinfo names) that benchmarks report next to their figures.
-REPORTED_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
+REPORTED_FLAGS = (
+    "avx2",
+    "avx512f",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+)
 # Native bf16 matrix instructions: bf16-mixed pays off on these CPUs (AMX, AVX-512 BF16).
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 # More loader processes than this rarely feed one device faster and each holds a dataset copy.
