@@ -136,7 +136,7 @@ def main() -> None:
     if args.quick:
         args.ssl_epochs, args.epochs = 1, 2
     set_threads()
-    print(machine_note(), "|", cpu_flags())
+    print(machine_note(), "| cpu flags:", cpu_flags())
 
     rows, raw = [], []
     with tempfile.TemporaryDirectory() as tmp:
