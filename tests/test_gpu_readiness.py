@@ -18,6 +18,7 @@ from vitft.benchmark import torch_runners
 from vitft.data.datamodule import FolderDataModule
 from vitft.data.folder import scan_dataset
 from vitft.errors import VitftError
+from vitft.export import runtime
 from vitft.models.classifier import build_model
 from vitft.train import train
 
@@ -110,3 +111,18 @@ def test_loader_workers_follow_the_cpus_and_slurm(monkeypatch, tiny_data):
     assert explicit.loader_kwargs["pin_memory"] is False
     with pytest.raises(VitftError, match="data.num_workers"):
         FolderDataModule(splits, processor, num_workers="many")
+
+
+def test_ort_providers_follow_the_device(caplog):
+    trt, cuda, cpu = runtime.GPU_PROVIDERS + (runtime.CPU_PROVIDER,)
+    everything = [trt, cuda, cpu]
+    assert runtime.ort_providers("cpu", everything) == [cpu]
+    assert runtime.ort_providers("cuda", everything) == [trt, cuda, cpu]
+    assert runtime.ort_providers("cuda", [cuda, cpu]) == [cuda, cpu]
+    assert runtime.ort_providers("auto", [cpu]) == [cpu]
+    assert "no GPU provider" not in caplog.text  # auto on a CPU machine: no warning
+    with caplog.at_level("WARNING"):
+        assert runtime.ort_providers("cuda", [cpu]) == [cpu]
+    assert "no GPU provider" in caplog.text and "vitft[gpu]" in caplog.text
+    with pytest.raises(VitftError, match="device='tpu'"):
+        runtime.ort_providers("tpu", everything)
