@@ -36,6 +36,7 @@ from vitft.data.datamodule import FolderDataModule, ImageDataset, ResumableLoade
 from vitft.data.folder import Sample
 from vitft.data.transforms import ImageTransform
 from vitft.errors import VitftError
+from vitft.hardware import loader_options
 
 log = logging.getLogger(__name__)
 
@@ -342,5 +343,5 @@ def build_cache(cache_cfg: Any, model: nn.Module, processor: Any, data_cfg: Any)
         dtype=cache_cfg.get("dtype", "float16"),
         identity=cache_cfg.get("identity", "stat"),
         batch_size=eval_batch if isinstance(eval_batch, int) else BUILD_BATCH,
-        num_workers=data_cfg.num_workers,
+        num_workers=loader_options(data_cfg.num_workers, False)["num_workers"],
     )
