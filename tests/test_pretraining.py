@@ -24,10 +24,10 @@ from vitft.weights import sha256
 TINY_MODEL = [f"model.config.{k}={v}" for k, v in TINY_VIT_CONFIG.items() if k != "model_type"]
 
 
-def pretrain_cfg(output_dir: Path, data_dir: Path, *overrides: str):
+def pretrain_cfg(output_dir: Path, data_dir: Path, *overrides: str, model=("model=vit_tiny",)):
     base = [
-        "model=vit_tiny",
-        *TINY_MODEL,
+        *model,
+        *(TINY_MODEL if model[0] == "model=vit_tiny" else []),
         "trainer=cpu",
         "trainer.max_epochs=1",
         "data.num_workers=0",
@@ -112,7 +112,7 @@ def test_short_pretrain_then_finetune(tmp_path, tiny_data):
 def test_pretrain_rejects_non_vit_and_missing_roots(tmp_path, tiny_data):
     with pytest.raises(VitftError, match="data.roots"):
         pretrain(pretrain_cfg(tmp_path / "a", tmp_path / "missing"))
-    cfg = pretrain_cfg(tmp_path / "b", tiny_data, "model=convnext_tiny")
+    cfg = pretrain_cfg(tmp_path / "b", tiny_data, model=("model=convnext_tiny",))
     with pytest.raises(VitftError, match="ViT"):
         pretrain(cfg)
 

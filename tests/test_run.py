@@ -1,14 +1,16 @@
 """One split everywhere (issue 17.5) and eval on every export format (17.3).
 
 A dataset with only train/ is split by training (split_seed = seed = 42). Every later command
-must check the model on exactly the run's files from <run>/split.json, never re-split with
+must check the model on exactly the run's files from <run>/split_manifest.csv, never re-split with
 another seed; eval of an export folder works without a PyTorch model (no heatmaps, said so)
 and reports what int8 cost against the fp32 model it came from.
 """
 
 from __future__ import annotations
 
+import csv
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -36,13 +38,21 @@ def run_dir(tmp_path_factory) -> Path:
     return out
 
 
+def _root(run_dir: Path) -> Path:
+    return Path(json.loads((run_dir / "provenance.json").read_text())["data"]["root"])
+
+
+def _rows(run_dir: Path) -> list[dict]:
+    with (run_dir / "split_manifest.csv").open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
 def _manifest(run_dir: Path) -> dict[str, list[str]]:
-    doc = json.loads((run_dir / "split.json").read_text())
-    root = Path(doc["root"])
+    root = _root(run_dir)
     by_split: dict[str, list[str]] = {"train": [], "val": [], "test": []}
-    for row in doc["files"]:
+    for row in _rows(run_dir):
         assert not Path(row["path"]).is_absolute()
-        assert row["label"] in doc["classes"]
+        assert row["label"] in ("red", "green", "blue")
         assert row["sha256"] == sha256(root / row["path"])
         by_split[row["split"]].append(str(root / row["path"]))
     return {k: sorted(v) for k, v in by_split.items()}
@@ -79,10 +89,11 @@ def test_every_command_checks_the_model_on_the_runs_own_split(run_dir, tmp_path,
     cfg = _compose("prune", f"model_dir={model_dir}", "heads=1", f"output_dir={tmp_path / 'p'}")
     prune(cfg)
     assert seen == [("train", files["train"])]
-    assert (tmp_path / "p" / "split.json").read_bytes() == (run_dir / "split.json").read_bytes()
+    manifest = "split_manifest.csv"
+    assert (tmp_path / "p" / manifest).read_bytes() == (run_dir / manifest).read_bytes()
 
     # eval with another split seed in its config still evaluates the run's test files.
-    data_dir = json.loads((run_dir / "split.json").read_text())["root"]
+    data_dir = _root(run_dir)
     cfg = _compose(
         "eval", f"model_dir={model_dir}", "task=folder", f"task.data_dir={data_dir}",
         "data.split_seed=0", "data.num_workers=0", "explain.per_class=0",
@@ -95,12 +106,15 @@ def test_every_command_checks_the_model_on_the_runs_own_split(run_dir, tmp_path,
 
 
 def test_a_changed_file_is_refused(run_dir, tmp_path):
-    doc = json.loads((run_dir / "split.json").read_text())
+    rows = _rows(run_dir)
     copy = tmp_path / "run"
     copy.mkdir()
-    row = next(r for r in doc["files"] if r["split"] == "val")
-    doc["files"] = [{**r, "sha256": "0" * 64} if r is row else r for r in doc["files"]]
-    (copy / "split.json").write_text(json.dumps(doc))
+    shutil.copy(run_dir / "provenance.json", copy / "provenance.json")
+    row = next(r for r in rows if r["split"] == "val")
+    with (copy / "split_manifest.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows({**r, "sha256": "0" * 64} if r is row else r for r in rows)
     with pytest.raises(VitftError, match="changed since training"):
         rundir.run_samples(copy, "val")
 
@@ -111,7 +125,7 @@ def test_eval_on_every_export_format(run_dir, tmp_path):
     model_dir = run_dir / "model"
     formats = ["onnx", *INT8]
     export(_compose("export", f"model_dir={model_dir}", f"formats=[{','.join(formats)}]"))
-    data_dir = json.loads((run_dir / "split.json").read_text())["root"]
+    data_dir = _root(run_dir)
     figures = {}
     for fmt in formats:
         cfg = _compose(

@@ -1,4 +1,4 @@
-"""check_data(cfg): screen a dataset before training and write its report."""
+"""check_data(cfg): screen a dataset (folders or a manifest) before training; write its report."""
 
 from __future__ import annotations
 
@@ -6,20 +6,30 @@ import json
 from pathlib import Path
 from typing import Any
 
+from vitft.data.check import check_manifest
 from vitft.data.doctor import check_dataset
+from vitft.data.sources import source_of
 
 
 def check_data(cfg: Any) -> int:
     """check_data.py: print the report, write it as JSON, return the exit code."""
-    data_dir = cfg.get("data_dir") or cfg.data.data_dir
-    report = check_dataset(
-        data_dir,
-        None if cfg.get("data_dir") else cfg.data.classes,
-        decode=bool(cfg.decode),
-        val_fraction=cfg.data.val_fraction,
-        test_fraction=cfg.data.test_fraction,
-    )
-    policy = cfg.data.on_bad_file
+    data = cfg.data
+    location = cfg.get("data_dir") or data.data_dir
+    classes = None if cfg.get("data_dir") else data.classes
+    split_args = dict(val_fraction=data.val_fraction, test_fraction=data.test_fraction)
+    if source_of(data) == "manifest":
+        report = check_manifest(
+            location,
+            list(classes) if classes else None,
+            cfg.get("task", {}).get("multilabel"),
+            data.get("label_sep") or ";",
+            decode=bool(cfg.decode),
+            split_seed=data.get("split_seed", 0),
+            **split_args,
+        )
+    else:
+        report = check_dataset(location, classes, decode=bool(cfg.decode), **split_args)
+    policy = data.on_bad_file
     print(report.text(policy))
     if cfg.get("report"):
         out = Path(cfg.report)

@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "explain": ("explain", "vitft.apps.explain:explain"),
     "check-data": ("check_data", "vitft.apps.check_data:check_data"),
     "serve": ("serve", "vitft.deploy.serve:serve"),
+    "pretrain": ("pretrain", "vitft.apps.pretrain:pretrain"),
 }
 # Commands whose function returns the process exit status.
 EXIT_STATUS = {"check-data"}
@@ -39,11 +40,8 @@ def conf_dir() -> Path:
 
 
 def available() -> dict[str, tuple[str, str]]:
-    """The commands whose config ships with this install (pretrain once pretrain.yaml exists)."""
-    found = dict(COMMANDS)
-    if (conf_dir() / "pretrain.yaml").is_file():
-        found["pretrain"] = ("pretrain", "vitft.apps.pretrain:pretrain")
-    return {cmd: spec for cmd, spec in found.items() if (conf_dir() / f"{spec[0]}.yaml").is_file()}
+    """The commands whose config ships with this install."""
+    return {c: spec for c, spec in COMMANDS.items() if (conf_dir() / f"{spec[0]}.yaml").is_file()}
 
 
 def _resolve(target: str) -> Callable[[Any], Any]:

@@ -21,7 +21,8 @@ from vitft.deploy.formats import FORMATS, check_formats, write_format
 from vitft.deploy.metadata import build_metadata, write_metadata
 from vitft.deploy.parity import batched, format_row, parity, write_parity
 from vitft.deploy.runtime import load_exported
-from vitft.modelio.hf import load_model
+from vitft.modelio.hf import load_model, multilabel_facts
+from vitft.models.multilabel import is_multilabel
 from vitft.models.resolution import set_image_size
 from vitft.run.rundir import model_images
 
@@ -40,6 +41,9 @@ def export(cfg: DictConfig) -> dict[str, dict]:
     out = Path(cfg.output_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
 
+    multilabel = is_multilabel(model.config)
+    # Multi-label exports carry the tuned thresholds; parity compares label sets with them.
+    label_facts = multilabel_facts(model_dir, model.labels) if multilabel else {}
     par = cfg.parity
     data_dir = cfg.get("data_dir")
     images = model_images(
@@ -77,13 +81,16 @@ def export(cfg: DictConfig) -> dict[str, dict]:
                     if fmt in quantize.ONNX_INT8_FACTS
                     else {}
                 ),
+                **label_facts,
             )
             write_metadata(folder, meta)
             processor.save_pretrained(folder)  # the exact preprocessing, for predict.py
             predict, _ = load_exported(folder, threads=cfg.get("threads"))
-            result = parity(
-                reference, batched(predict, images.x, int(par.get("batch_size") or 1)), images.y
+            logits = batched(predict, images.x, int(par.get("batch_size") or 1))
+            thresholds = (
+                [label_facts["thresholds"][c] for c in model.labels] if multilabel else None
             )
+            result = parity(reference, logits, images.y, thresholds)
             threshold = float(par.int8_threshold if spec.precision == "int8" else par.threshold)
             result.update(
                 format=fmt,

@@ -21,7 +21,7 @@ from vitft.run.rundir import Run
 from vitft.training import tracking
 from vitft.training.factory import build_trainer
 from vitft.training.pretraining.data import UnlabelledDataModule, find_images, screen
-from vitft.training.pretraining.encoder import save_encoder
+from vitft.training.pretraining.encoder import save_encoder, vit_encoder
 from vitft.training.pretraining.module import PretrainModule
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,7 @@ def pretrain(cfg: DictConfig) -> tuple[dict, dict]:
     images = screen(find_images(data.roots), output_dir, data.get("check", "header"))
     log.info("pretraining on %d images from %s (labels ignored)", len(images), data.roots)
     backbone, processor = load_backbone(cfg.model, labels=["image"])
+    vit_encoder(backbone)  # a clear error for other architectures, before the method is built
     method = instantiate(cfg.pretraining, backbone=backbone, processor=processor)
     datamodule = UnlabelledDataModule(
         images,

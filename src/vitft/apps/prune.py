@@ -11,6 +11,7 @@ import torch
 from vitft.data.transforms import processor_facts
 from vitft.modelio.hf import load_model, save_hf
 from vitft.models.pruning import head_counts, head_importance, lowest_heads, prune_heads
+from vitft.run.provenance import PROVENANCE_FILE
 from vitft.run.rundir import Run, model_images
 
 
@@ -63,3 +64,4 @@ def _inherit_run(model_dir: Path, pruned: Run, data_dir: str | None) -> None:
     pruned.write_config({"data": data, "pruned_from": str(model_dir)})
     if source and source.split_file.is_file() and not data_dir:
         shutil.copy(source.split_file, pruned.split_file)
+        shutil.copy(source.root / PROVENANCE_FILE, pruned.root / PROVENANCE_FILE)

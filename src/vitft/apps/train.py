@@ -30,10 +30,12 @@ from vitft.training.factory import (
     build_datamodule,
     build_module,
     build_trainer,
+    check_multilabel,
     ema_callbacks,
     load_weights,
     scalars,
     screened_splits,
+    tune_thresholds,
 )
 from vitft.training.freeze import build_freeze
 
@@ -60,6 +62,10 @@ def resolve_ckpt_path(cfg: DictConfig, output_dir: Path) -> str | None:
     return None
 
 
+def is_rank0() -> bool:
+    return rank_zero_only.rank == 0
+
+
 def _instantiate_all(cfg: DictConfig | None) -> list[Any]:
     return [instantiate(c) for c in (cfg or {}).values() if c and "_target_" in c]
 
@@ -72,21 +78,21 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     run.root.mkdir(parents=True, exist_ok=True)
     ckpt_path = resolve_ckpt_path(cfg, run.root)
 
-    # 1. files -> screened train/val/test splits
-    splits = screened_splits(cfg.data, run.root)
+    # 1. files (folders, manifest or HF dataset) -> screened train/val/test splits
+    splits = screened_splits(cfg, run.root)
     if ckpt_path:
         check_labels(ckpt_path, splits.classes)
 
     # 2. backbone + head, freeze strategy, batches that take their preprocessing from the model
     model, processor = build_model(cfg.model, cfg.head, splits.classes)
+    check_multilabel(cfg, model, splits)
     freeze = build_freeze(cfg.freeze, model)
     datamodule = build_datamodule(cfg, splits, model, processor, run.root)
 
-    # 3. the run dir: config + split manifest. Under DDP, Lightning re-runs this script for
-    # ranks > 0 once rank 0 is in fit(): only rank 0 writes the run dir.
+    # 3. the run dir: config, provenance, split manifest. Under DDP, Lightning re-runs this
+    # script for ranks > 0 once rank 0 is in fit(): only rank 0 writes the run dir.
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    if rank_zero_only.rank == 0:
-        run.start(resolved, splits, fresh=not ckpt_path)
+    provenance = run.start(resolved, splits, cfg.model, fresh=not ckpt_path) if is_rank0() else {}
     rid = tracking.run_id(run.root, ckpt_path)
 
     # 4. LightningModule, callbacks, loggers, Trainer
@@ -108,28 +114,34 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     if best and training:
         load_weights(module, best)
     metrics = scalars(trainer.validate(module, datamodule=datamodule, verbose=False))
+    thresholds = tune_thresholds(module, splits.classes)  # multi-label only
     if cfg.get("test", True):
         metrics.update(scalars(trainer.test(module, datamodule=datamodule)))
     if trainer.world_size > 1:  # the same numbers on every rank (torchmetrics syncs them)
         log.info("rank %d of %d: %s", trainer.global_rank, trainer.world_size, json.dumps(metrics))
 
-    # 6. model/ (HF format) and summary.json
-    summary = _summary(metrics, splits.classes, module, trainer, run, best, ckpt_path, rid)
+    # 6. model/ (HF format, model card), summary.json, W&B artifact, hub push
+    summary = _summary(metrics, splits, module, trainer, run, best, ckpt_path, rid, thresholds)
     if trainer.is_global_zero:
         meta = {"source_checkpoint": best or None, "metrics": metrics}
         meta |= {"task": cfg.task.get("name"), "model": cfg.model.get("name")}
+        meta |= {"multilabel": True, "thresholds": thresholds} if thresholds else {}
         run.finish(module.model, processor, {**processor_facts(processor), **meta}, summary)
+        card = {"classes": splits.classes, "metrics": metrics, "provenance": provenance}
+        run.publish(cfg, resolved, loggers, **card)
         log.info("run dir: %s", run.root)
     objects = {"trainer": trainer, "module": module, "datamodule": datamodule, "cfg": cfg}
     return metrics, {**objects, "summary": summary}
 
 
 def _summary(
-    metrics: dict, classes: list[str], module, trainer, run: Run, best: str, ckpt_path, rid: str
+    metrics: dict, splits, module, trainer, run: Run, best: str, ckpt_path, rid: str, thresholds
 ) -> dict[str, Any]:
     return {
         **metrics,
-        "classes": classes,
+        "classes": splits.classes,
+        "multilabel": splits.multilabel,
+        "thresholds": thresholds,
         "confusion_matrix": module.confusion_matrices,
         "best_checkpoint": best or None,
         "last_checkpoint": str(run.last_checkpoint) if run.last_checkpoint.is_file() else None,

@@ -32,6 +32,7 @@ from vitft.data.folder import (
     DatasetSplits,
     _is_hidden_or_junk,
     class_folders,
+    class_name,
     scan_dataset,
 )
 
@@ -296,7 +297,8 @@ def screen(
     entries = [(s, path, label) for s in SPLITS for path, label in splits.split(s)]
     checks = inspect_files([p for _, p, _ in entries], decode=check == "decode")
     named = [
-        (s, splits.classes[label], fc) for (s, _, label), fc in zip(entries, checks, strict=True)
+        (s, class_name(splits.classes, label), fc)
+        for (s, _, label), fc in zip(entries, checks, strict=True)
     ]
     bad = [_item(fc.problem, fc.path, fc.detail, s, c) for s, c, fc in named if fc.problem]
     leaks = [d for d in _duplicates(named) if d["kind"] == "duplicate_across_splits"]
@@ -339,7 +341,7 @@ def screen(
     out_splits = replace(splits, **kept)
     for s in SPLITS:
         for c, n in out_splits.counts(s).items():
-            if n == 0:
+            if n == 0 and (s == "train" or not splits.multilabel):
                 raise VitftError(
                     f"{s} split of {splits.root}: class {c!r} has no usable images left after "
                     f"skipping bad files ({counts}); fix or replace them"

@@ -57,8 +57,27 @@ def batched(predict, x: np.ndarray, batch_size: int = 32) -> np.ndarray:
     return np.concatenate([predict(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
-def parity(reference: np.ndarray, logits: np.ndarray, y: np.ndarray) -> dict:
-    """Compare ``logits`` of a format with the PyTorch fp32 ``reference`` logits."""
+def parity(
+    reference: np.ndarray, logits: np.ndarray, y: np.ndarray, thresholds: list | None = None
+) -> dict:
+    """Compare ``logits`` of a format with the PyTorch fp32 ``reference`` logits.
+
+    Single-label: top-1 agreement. Multi-label (``y`` is 0/1 per class): agreement is the share
+    of images whose label set (sigmoid >= per-class ``thresholds``) is the same, accuracy the
+    subset accuracy.
+    """
+    if y.ndim == 2:
+        t = np.asarray(thresholds if thresholds is not None else [0.5] * y.shape[1])
+        ref_set = 1 / (1 + np.exp(-reference)) >= t
+        got_set = 1 / (1 + np.exp(-logits)) >= t
+        return {
+            "images": int(len(y)),
+            "agreement": float((ref_set == got_set).all(-1).mean()),
+            "accuracy": float((got_set == y.astype(bool)).all(-1).mean()),
+            "accuracy_pytorch": float((ref_set == y.astype(bool)).all(-1).mean()),
+            "max_abs_diff": float(np.abs(reference - logits).max()),
+            "label_sets": True,
+        }
     ref_top, top = reference.argmax(-1), logits.argmax(-1)
     return {
         "images": int(len(y)),

@@ -24,13 +24,18 @@ STATE_PREFIX = "model."  # the LightningModule keeps the ImageClassifier as ``se
 
 
 def vitft_block(
-    model: ImageClassifier, labels: list[str], processor: dict, wandb_id: str | None
+    model: ImageClassifier,
+    labels: list[str],
+    processor: dict,
+    wandb_id: str | None,
+    multilabel: bool = False,
 ) -> dict[str, Any]:
     """What ``on_save_checkpoint`` stores under ``checkpoint["vitft"]``."""
     return {
         "backbone_config": model.config.to_dict(),
         "head": model.head_cfg,
         "labels": list(labels),
+        "multilabel": multilabel,
         "processor": processor,
         "wandb_id": wandb_id,
     }

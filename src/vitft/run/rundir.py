@@ -2,8 +2,8 @@
 
 ```
 <run>/config.yaml         the resolved config of the training run
-<run>/split.json          the split manifest: every file of train/val/test (path relative to the
-                          data root, label, sha256), written once the data is screened
+<run>/split_manifest.csv  the split: every file of train/val/test (path relative to the data
+                          root, label, sha256), written with provenance.json once screened
 <run>/checkpoints/        last.ckpt, best checkpoints (Lightning), step.ckpt
 <run>/model/              HF model dir: weights, config, image processor, vitft.json
 <run>/export/<format>/    export.py's folders (model file, metadata.json, parity.json)
@@ -11,11 +11,12 @@
 ```
 
 Every later command (eval, export, benchmark, prune) opens the Run of the model it is given and
-takes the split from ``split.json``: it never re-splits the data with a seed that may differ.
+takes the split from ``split_manifest.csv``: it never re-splits the data with another seed.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 from dataclasses import dataclass
@@ -26,14 +27,18 @@ from omegaconf import OmegaConf
 
 from vitft.core.errors import VitftError
 from vitft.core.files import sha256
-from vitft.data.folder import SPLITS, DatasetSplits, Sample, scan_dataset
+from vitft.data.folder import SPLITS, DatasetSplits, Sample
+from vitft.data.sources import infer_source, scan_data
 from vitft.deploy.parity import ImageSet, load_images
+from vitft.modelio.card import write_card
 from vitft.modelio.hf import save_hf
+from vitft.modelio.hub import push_model_dir
+from vitft.run.provenance import MANIFEST_FILE, PROVENANCE_FILE, write_provenance
 from vitft.training import checkpoints, tracking
 
 log = logging.getLogger(__name__)
 
-SPLIT_FILE = "split.json"
+SPLIT_FILE = MANIFEST_FILE  # split_manifest.csv: split, path, label, sha256
 CONFIG_FILE = "config.yaml"
 
 
@@ -89,12 +94,15 @@ class Run:
         self.root.mkdir(parents=True, exist_ok=True)
         self.config_file.write_text(OmegaConf.to_yaml(resolved))
 
-    def start(self, resolved: dict[str, Any], splits: DatasetSplits, fresh: bool) -> None:
-        """Write the config and the split manifest; a fresh start clears an earlier run's files."""
+    def start(
+        self, resolved: dict[str, Any], splits: DatasetSplits, model_cfg: Any, fresh: bool
+    ) -> dict:
+        """Write the config, the provenance and the split manifest; a fresh start clears an
+        earlier run's files. Returns the provenance record."""
         if fresh:
             self.clear_previous()
         self.write_config(resolved)
-        self.write_split(splits)
+        return write_provenance(self.root, model_cfg, splits)
 
     def clear_previous(self) -> None:
         """A fresh run in a used run dir replaces the old run's metrics and checkpoints."""
@@ -115,37 +123,40 @@ class Run:
         save_hf(model, processor, self.model_dir, meta=meta)
         self.summary_file.write_text(json.dumps(summary, indent=2))
 
-    def write_split(self, splits: DatasetSplits) -> Path:
-        """Record the screened split: relative path, label and sha256 of every file."""
-        root = Path(splits.root).resolve()
-        files = [
-            {
-                "split": name,
-                "path": Path(path).resolve().relative_to(root).as_posix(),
-                "label": splits.classes[label],
-                "sha256": sha256(path),
-            }
-            for name in SPLITS
-            for path, label in splits.split(name)
-        ]
-        doc = {"root": str(root), "classes": list(splits.classes), "files": files}
-        self.split_file.write_text(json.dumps(doc, indent=1))
-        return self.split_file
+    def publish(self, cfg: Any, resolved: dict, loggers: list, **card: Any) -> None:
+        """The model card, the W&B model artifact and curves, and the hub push (``hub.push``)."""
+        write_card(self.model_dir, task=cfg.task.get("name"), config=resolved, **card)
+        tracking.log_to_wandb(loggers, self.model_dir, self.root / "metrics.csv", ["best"])
+        push_model_dir(self.model_dir, cfg.get("hub"))
 
-    def read_split(self) -> DatasetSplits:
-        """The run's split, exactly as training used it (see ``run_samples`` for the checks)."""
+    def read_split(self) -> tuple[DatasetSplits, dict[str, str]]:
+        """The run's split exactly as training used it, and each file's recorded sha256 (see
+        ``run_samples`` for the checks). Paths in the manifest are relative to the data root
+        that provenance.json records."""
         if not self.split_file.is_file():
             raise VitftError(
-                f"{self.root} has no {SPLIT_FILE} (written by train.py since the split manifest "
-                "was added): pass data_dir=/path/to/dataset to split it again"
+                f"{self.root} has no {SPLIT_FILE}: pass data_dir=/path/to/dataset to split the "
+                "data again"
             )
-        doc = json.loads(self.split_file.read_text())
-        root = Path(doc["root"])
-        classes = list(doc["classes"])
+        data = json.loads((self.root / PROVENANCE_FILE).read_text())["data"]
+        root, classes = Path(data["root"]), list(data["classes"])
         parts: dict[str, list[Sample]] = {name: [] for name in SPLITS}
-        for row in doc["files"]:
-            parts[row["split"]].append((root / row["path"], classes.index(row["label"])))
-        return DatasetSplits(root, classes, **parts, origin=dict.fromkeys(SPLITS, SPLIT_FILE))
+        recorded: dict[str, str] = {}
+        with self.split_file.open(newline="") as f:
+            for row in csv.DictReader(f):
+                path = root / row["path"]
+                parts[row["split"]].append((path, _label(classes, row["label"])))
+                recorded[str(path)] = row["sha256"]
+        splits = DatasetSplits(root, classes, **parts, origin=dict.fromkeys(SPLITS, SPLIT_FILE))
+        return splits, recorded
+
+
+def _label(classes: list[str], name: str) -> int | tuple[int, ...]:
+    """A manifest label: a class name, or a multi-label set ``a;b`` (``(none)``: no class)."""
+    if name in classes:
+        return classes.index(name)
+    names = set() if name == "(none)" else set(name.split(";"))
+    return tuple(int(c in names) for c in classes)
 
 
 def check_files(samples: list[Sample], split_file: Path, recorded: dict[str, str]) -> None:
@@ -177,30 +188,20 @@ def run_samples(
     """
     run = Run.of(model_path)
     if run is not None and run.split_file.is_file() and not data_dir:
-        splits = run.read_split()
+        splits, recorded = run.read_split()
         samples = splits.split(split)
-        doc = json.loads(run.split_file.read_text())
-        recorded = {
-            str(splits.root / r["path"]): r["sha256"] for r in doc["files"] if r["split"] == split
-        }
         check_files(samples, run.split_file, recorded)
         return splits.root, splits.classes, samples
     data = dict((run.config() if run else {}).get("data") or {})
     if data_dir:
-        data["data_dir"] = str(data_dir)
+        data.update(data_dir=str(data_dir), source=infer_source(data_dir))
     if not data.get("data_dir"):
         where = run.root if run else Path(model_path or ".").parent
         raise VitftError(
             f"no images to check the model on: {where} has no {SPLIT_FILE} or config.yaml with "
             "data.data_dir; pass data_dir=/path/to/dataset (with train/ and val/ class folders)"
         )
-    splits = scan_dataset(
-        data["data_dir"],
-        labels,
-        data.get("val_fraction", 0.15),
-        data.get("test_fraction", 0.15),
-        data.get("split_seed", 0),
-    )
+    splits = scan_data({**data, "classes": list(labels) if labels else None})
     return splits.root, splits.classes, splits.split(split)
 
 

@@ -15,9 +15,13 @@ from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig
 
 from vitft.core.errors import VitftError
+from vitft.core.hardware import resolve_precision
 from vitft.data import doctor
-from vitft.data.folder import DatasetSplits, scan_dataset
+from vitft.data.folder import DatasetSplits
+from vitft.data.sources import scan_data
+from vitft.modelio.checkpoint import read_checkpoint
 from vitft.models.classifier import ImageClassifier
+from vitft.models.multilabel import PROBLEM_TYPE, filled, pos_weights
 from vitft.training import checkpoints
 from vitft.training.batch_size import AUTO, initial_batch_size
 from vitft.training.cache import FeatureDataModule, build_cache, use_cache
@@ -28,11 +32,11 @@ from vitft.training.module import ClassifierModule
 log = logging.getLogger(__name__)
 
 
-def screened_splits(data: DictConfig, output_dir: Path) -> DatasetSplits:
-    """Scan the dataset into train/val/test and screen its files (``data.on_bad_file``)."""
-    splits = scan_dataset(
-        data.data_dir, data.classes, data.val_fraction, data.test_fraction, data.split_seed
-    )
+def screened_splits(cfg: DictConfig, output_dir: Path) -> DatasetSplits:
+    """Scan the data source (folders, manifest or HF dataset) into train/val/test and screen its
+    files (``data.on_bad_file``)."""
+    data = cfg.data
+    splits = scan_data(data, cfg.task.get("multilabel"), output_dir)
     splits = doctor.screen(
         splits, data.get("on_bad_file", "skip"), data.get("check", "header"), output_dir
     )
@@ -76,6 +80,42 @@ def resolve_class_weights(spec: Any, counts: torch.Tensor) -> list[float] | None
     return weights
 
 
+def check_multilabel(cfg: DictConfig, model: ImageClassifier, splits: DatasetSplits) -> None:
+    """Multi-label data: refuse options whose maths assume one class per image, and record the
+    problem type in the model's config (HF's own field: saved in config.json)."""
+    if not splits.multilabel:
+        return
+    loss = cfg.loss
+    if loss.get("mixup_alpha") or loss.get("cutmix_alpha"):
+        raise VitftError(
+            "loss.mixup_alpha / loss.cutmix_alpha mix one-class targets; set them to 0 for "
+            "multi-label data"
+        )
+    if (cfg.get("distill") or {}).get("teacher"):
+        raise VitftError("distill.teacher (softmax distillation) is single-label; unset it")
+    model.config.problem_type = PROBLEM_TYPE
+
+
+def _class_weights(cfg: DictConfig, datamodule: FolderDataModule) -> list[float] | None:
+    spec, counts = cfg.loss.get("class_weights"), datamodule.train_label_counts()
+    if datamodule.splits.multilabel:
+        return pos_weights(spec, counts, len(datamodule.splits.train))
+    return resolve_class_weights(spec, counts)
+
+
+def tune_thresholds(module: ClassifierModule, classes: list[str]) -> dict[str, float] | None:
+    """Multi-label: per-class thresholds tuned on val (max F1); test and export use them."""
+    if not module.multilabel:
+        return None
+    thresholds = dict(zip(classes, filled(module.tuned_thresholds), strict=True))
+    untuned = [c for c, t in zip(classes, module.tuned_thresholds, strict=True) if t is None]
+    if untuned:
+        log.warning("no val positives for %s: threshold 0.5 (not tuned)", untuned)
+    module.thresholds.copy_(torch.tensor(list(thresholds.values())))
+    log.info("per-class thresholds tuned on val (max F1): %s", thresholds)
+    return thresholds
+
+
 def build_module(
     cfg: DictConfig,
     model: ImageClassifier,
@@ -90,9 +130,7 @@ def build_module(
         optimizer=cfg.optimizer,
         scheduler=cfg.get("scheduler"),
         loss=cfg.loss,
-        class_weights=resolve_class_weights(
-            cfg.loss.get("class_weights"), datamodule.train_label_counts()
-        ),
+        class_weights=_class_weights(cfg, datamodule),
         processor=json.loads(processor.to_json_string()),
         wandb_id=wandb_id,
         distill=cfg.get("distill"),
@@ -112,6 +150,7 @@ def ema_callbacks(cfg: DictConfig) -> list[Callback]:
 def build_trainer(cfg: DictConfig, callbacks: list[Callback], loggers: list) -> L.Trainer:
     return instantiate(
         cfg.trainer,
+        precision=resolve_precision(cfg.trainer.get("precision"), cfg.trainer.get("accelerator")),
         # Under SLURM (scripts/slurm), Lightning writes hpc_ckpt_N.ckpt on SIGUSR1; once fit ends
         # they are deleted, else validate/test below would load them instead of `best`.
         callbacks=[*callbacks, checkpoints.SpentHpcCheckpoints()],
@@ -121,9 +160,9 @@ def build_trainer(cfg: DictConfig, callbacks: list[Callback], loggers: list) -> 
 
 
 def load_weights(module: L.LightningModule, ckpt_path: str | Path) -> None:
-    """The module's weights from a checkpoint (weights_only: no code runs)."""
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=True)["state_dict"]
-    module.load_state_dict(state)
+    """The module's weights from a checkpoint (weights_only: no code runs), onto the CPU: the
+    checkpoint may come from a GPU; the Trainer moves the module to this process's device."""
+    module.load_state_dict(read_checkpoint(ckpt_path)["state_dict"])
 
 
 def scalars(results: list[dict]) -> dict[str, float]:

@@ -16,16 +16,18 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torchmetrics import MeanMetric
+from torchmetrics.classification import MultilabelPrecisionRecallCurve
 
 from vitft.core.errors import VitftError
 from vitft.modelio.checkpoint import BLOCK, vitft_block
 from vitft.models.classifier import ImageClassifier
+from vitft.models.multilabel import DEFAULT_THRESHOLD, curve_ap, is_multilabel, tune_from_curve
 from vitft.models.parts import backbone_parts
 from vitft.training.distill import kd_loss
 from vitft.training.metrics import build_confusion, build_metrics, flatten
 
 # Parameters that never get weight decay besides norms and biases (timm's rule: all 1-d params).
-# loss.name -> criterion: the registry of conf/loss/.
+# loss.name -> criterion: the registry of conf/loss/ (multi-label data: BCE with logits).
 LOSSES = {"cross_entropy": nn.CrossEntropyLoss}
 NO_DECAY_NAMES = ("cls_token", "position_embeddings", "pos_embed", "mask_token", "register_tokens")
 
@@ -143,22 +145,34 @@ class ClassifierModule(L.LightningModule):
         self.param_counts: dict[str, int] = {}
         loss = self.hparams.loss
         weight = torch.tensor(class_weights, dtype=torch.float) if class_weights else None
+        self.label_smoothing = float(loss.get("label_smoothing", 0.0))
+        n = model.config.num_labels
+        # Multi-label: one sigmoid per class, BCE with class_weights as positive weights.
+        self.multilabel = is_multilabel(model.config)
         name = loss.get("name", "cross_entropy")
         if name not in LOSSES:
             raise VitftError(
                 f"loss.name={name!r} is unknown; use one of {sorted(LOSSES)} (conf/loss/)"
             )
-        self.criterion = LOSSES[name](
-            weight=weight, label_smoothing=float(loss.get("label_smoothing", 0.0))
-        )
-        n = model.config.num_labels
+        if self.multilabel:
+            self.criterion = nn.BCEWithLogitsLoss(pos_weight=weight)
+        else:
+            self.criterion = LOSSES[name](weight=weight, label_smoothing=self.label_smoothing)
         self.mix = build_mix(loss.get("mixup_alpha", 0.0), loss.get("cutmix_alpha", 0.0), n)
         # nn.ModuleDict keys can't be "train" (a Module method): one attribute per stage.
-        self.train_metrics = build_metrics(n, "train/")
-        self.val_metrics = build_metrics(n, "val/")
-        self.test_metrics = build_metrics(n, "test/")
-        self.val_confusion = build_confusion(n)
-        self.test_confusion = build_confusion(n)
+        self.train_metrics = build_metrics(n, "train/", self.multilabel)
+        self.val_metrics = build_metrics(n, "val/", self.multilabel)
+        self.test_metrics = build_metrics(n, "test/", self.multilabel)
+        self.val_confusion = build_confusion(n, self.multilabel)
+        self.test_confusion = build_confusion(n, self.multilabel)
+        # Multi-label val/test: every score, for average precision and the val-tuned thresholds.
+        if self.multilabel:
+            self.val_curve = MultilabelPrecisionRecallCurve(n)
+            self.test_curve = MultilabelPrecisionRecallCurve(n)
+        # Decision thresholds per class (multi-label); not weights, so not in the state dict.
+        self.register_buffer("thresholds", torch.full((n,), DEFAULT_THRESHOLD), persistent=False)
+        # The F1-maximising thresholds of the last validation (None: a class without positives).
+        self.tuned_thresholds: list[float | None] = []
         # Epoch-mean losses are torchmetrics too, synchronised in _epoch_end like the others. With
         # self.log(loss, sync_dist=True) per step, DDP deadlocked: rank 0's progress bar reduces
         # the logged loss in on_train_epoch_end (callbacks run before the module's hook) while
@@ -185,6 +199,8 @@ class ClassifierModule(L.LightningModule):
             x, target = self.mix(x, y)  # soft targets; metrics use the dominant label
             y = target.argmax(dim=-1)
         logits = self(x)
+        if self.multilabel:
+            return self._multilabel_step(logits, y, stage)
         loss = self.criterion(logits, target)
         if stage == "train" and self.teacher is not None:
             soft = kd_loss(logits, self.teacher(x), self.distill["temperature"])
@@ -197,6 +213,36 @@ class ClassifierModule(L.LightningModule):
             getattr(self, f"{stage}_confusion").update(preds, y)
         getattr(self, f"{stage}_loss").update(loss.detach(), weight=len(y))
         return loss
+
+    def _multilabel_step(self, logits: torch.Tensor, y: torch.Tensor, stage: str) -> torch.Tensor:
+        target = y.float()
+        if self.label_smoothing:
+            target = target * (1 - self.label_smoothing) + self.label_smoothing / 2
+        loss = self.criterion(logits, target)
+        probs = logits.detach().sigmoid()
+        preds = (probs >= self.thresholds).long()
+        getattr(self, f"{stage}_metrics").update(preds, y)
+        if stage != "train":
+            getattr(self, f"{stage}_confusion").update(preds, y)
+            getattr(self, f"{stage}_curve").update(probs, y)
+        getattr(self, f"{stage}_loss").update(loss.detach(), weight=len(y))
+        return loss
+
+    def _curve_end(self, stage: str, values: dict[str, float]) -> None:
+        """Per-class average precision (and on val the tuned thresholds) from all scores."""
+        curve = getattr(self, f"{stage}_curve")
+        precision, recall, thresholds = curve.compute()
+        curve.reset()
+        aps = []
+        for cls, p, r in zip(self.classes, precision, recall, strict=True):
+            ap = curve_ap(p, r)
+            if ap is not None:
+                values[f"{stage}/ap_{cls}"] = ap
+                aps.append(ap)
+        if aps:
+            values[f"{stage}/map"] = sum(aps) / len(aps)
+        if stage == "val":
+            self.tuned_thresholds = tune_from_curve(precision, recall, thresholds)
 
     def training_step(self, batch, batch_idx):
         return self._step(batch, "train")
@@ -218,6 +264,8 @@ class ClassifierModule(L.LightningModule):
             if mean.update_count:
                 values[name] = float(mean.compute())
             mean.reset()
+        if stage != "train" and self.multilabel:
+            self._curve_end(stage, values)
         # Already reduced over ranks by torchmetrics: sync_dist only tells Lightning so (every
         # rank logs the same numbers; no per-step collectives).
         for name in (f"{stage}/acc", f"{stage}/loss"):
@@ -244,4 +292,6 @@ class ClassifierModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Enough to rebuild the plain model from the checkpoint alone (eval, export).
-        checkpoint[BLOCK] = vitft_block(self.model, self.classes, self.processor, self.wandb_id)
+        checkpoint[BLOCK] = vitft_block(
+            self.model, self.classes, self.processor, self.wandb_id, self.multilabel
+        )
