@@ -3,6 +3,8 @@ no traceback, and the line names the key or file at fault."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.test_cli import run_script
@@ -20,7 +22,6 @@ CASES = [
     ("benchmark.py", ["--model_path", MISSING], "is not an HF model directory"),
     ("prune.py", [f"model_dir={MISSING}"], "is not an HF model directory"),
     ("explain.py", [f"model_dir={MISSING}"], "set inputs="),
-    ("check_data.py", [f"data_dir={MISSING}"], f"data dir {MISSING} does not exist"),
 ]
 
 
@@ -33,3 +34,14 @@ def test_bad_override_is_one_line_and_exit_2(script, overrides, expected, tmp_pa
     assert "Traceback" not in both, both[-3000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and expected in errors[0], proc.stderr[-3000:]
+
+
+def test_check_data_reports_into_its_own_run_dir(tmp_path):
+    """check_data's answer is its report (exit 1: training can't proceed), written into its run
+    dir, never into the working directory."""
+    proc = run_script("check_data.py", f"data_dir={MISSING}", f"hydra.run.dir={tmp_path}")
+    both = proc.stdout + proc.stderr
+    assert proc.returncode == 1 and "NOT OK" in proc.stdout, both[-3000:]
+    assert "Traceback" not in both
+    report = json.loads((tmp_path / "data_report.json").read_text())
+    assert not report["can_train"] and MISSING in " ".join(report["reasons"])
