@@ -15,10 +15,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from torchmetrics import MeanMetric
 
 from vitft.distill import kd_loss
-from vitft.metrics import build_confusion, build_metrics, flatten
+from vitft.metrics import BatchMean, build_confusion, build_metrics, flatten
 from vitft.models.backbone import backbone_parts
 from vitft.models.classifier import ImageClassifier
 
@@ -154,8 +153,8 @@ class ClassifierModule(L.LightningModule):
         # self.log(loss, sync_dist=True) per step, DDP deadlocked: rank 0's progress bar reduces
         # the logged loss in on_train_epoch_end (callbacks run before the module's hook) while
         # the other ranks, whose bars are off, are already gathering metrics in _epoch_end.
-        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
-        self.train_kd_loss = MeanMetric()
+        self.train_loss, self.val_loss, self.test_loss = BatchMean(), BatchMean(), BatchMean()
+        self.train_kd_loss = BatchMean()
         # Last computed confusion matrices (rows: true class, columns: predicted).
         self.confusion_matrices: dict[str, list[list[int]]] = {}
 
@@ -180,13 +179,13 @@ class ClassifierModule(L.LightningModule):
         if stage == "train" and self.teacher is not None:
             soft = kd_loss(logits, self.teacher(x), self.distill["temperature"])
             weight = float(self.distill["weight"])
-            self.train_kd_loss.update(soft.detach(), weight=len(y))
+            self.train_kd_loss.update(soft.detach(), len(y))
             loss = (1 - weight) * loss + weight * soft
         preds = logits.argmax(dim=-1)
         getattr(self, f"{stage}_metrics").update(preds, y)
         if stage != "train":
             getattr(self, f"{stage}_confusion").update(preds, y)
-        getattr(self, f"{stage}_loss").update(loss.detach(), weight=len(y))
+        getattr(self, f"{stage}_loss").update(loss.detach(), len(y))
         return loss
 
     def training_step(self, batch, batch_idx):
