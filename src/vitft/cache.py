@@ -126,8 +126,9 @@ class FeatureDataset(Dataset):
 
     def __getitem__(self, idx: int) -> tuple[torch.Tensor, int]:
         view = int(self._views(1)[0])
-        return torch.from_numpy(np.array(self.features[view, idx], dtype=np.float32)), int(
-            self.labels[idx]
+        label = self.labels[idx]  # a class index, or a 0/1 row for multi-label data
+        return torch.from_numpy(np.array(self.features[view, idx], dtype=np.float32)), (
+            int(label) if label.ndim == 0 else label
         )
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -197,7 +198,7 @@ class FeatureCache:
             "dtype": self.dtype,
             "identity": self.identity,
         }
-        files = [[*file_identity(p, self.identity), int(y)] for p, y in samples]
+        files = [[*file_identity(p, self.identity), y] for p, y in samples]
         h = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode())
         h.update(json.dumps(files).encode())
         return h.hexdigest()[:32], parts

@@ -15,6 +15,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from vitft.data.folder import class_name
+
 PROVENANCE_FILE = "provenance.json"
 MANIFEST_FILE = "split_manifest.csv"
 PACKAGES = ("vitft", "torch", "torchvision", "transformers", "lightning", "hydra-core", "numpy")
@@ -101,7 +103,7 @@ def write_split_manifest(output_dir: str | Path, splits: Any) -> Path:
             for file, label in splits.split(split):
                 file = Path(file)
                 rel = file.relative_to(root) if file.is_relative_to(root) else file
-                writer.writerow([split, rel.as_posix(), splits.classes[label]])
+                writer.writerow([split, rel.as_posix(), class_name(splits.classes, label)])
     return path
 
 
