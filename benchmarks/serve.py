@@ -3,8 +3,10 @@
 One image per request (a PNG of the defect data, decoded in both paths), at concurrency 1 and 8.
 In-process: ``Predictor.predict([image])`` from 1 or 8 threads. Service: ``vitft serve`` in a
 subprocess on 127.0.0.1, with 1 or 8 client threads POSTing the PNG (raw image body, keep-alive).
-Both sides use the same torch thread count (VITFT_BENCH_THREADS, default 1). The rounds alternate
-the sides so that load from other processes falls on both; figures are medians over rounds.
+Both sides use the same torch intra-op thread count (VITFT_BENCH_THREADS, default: all cores;
+the service runs its forward passes on one thread, so intra-op threads are its only parallelism).
+The rounds alternate the sides so that load from other processes falls on both; figures are
+medians over rounds.
 
     python benchmarks/serve.py [--quick] [--model tiny|small]
 
@@ -28,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from _common import DATA, ROOT, cpu_flags, machine_note, median, set_threads, table
+from _common import DATA, ROOT, cpu_flags, machine_note, median, table
 
 # A DeiT-Tiny-shaped ViT (5.7 M parameters, 224 px): a realistic small plant model.
 SMALL = {
@@ -125,11 +127,13 @@ def main() -> None:
     ap.add_argument("--wait-ms", type=float, default=5.0, help="serve batch.max_wait_ms")
     args = ap.parse_args()
     import httpx
+    import torch
     from PIL import Image
 
     from vitft.predict import Predictor
 
-    threads = set_threads()
+    threads = int(os.environ.get("VITFT_BENCH_THREADS", os.cpu_count() or 1))
+    torch.set_num_threads(threads)
     requests = 24 if args.quick else 96
     rounds = 2 if args.quick else 3
     images = load_images(16)

@@ -80,13 +80,13 @@ def load_classifier(
     return load_model(model_dir) if model_dir else load_checkpoint(ckpt_path)
 
 
-def exported_backend(folder: str | Path, threads: int | None = None):
+def exported_backend(folder: str | Path, threads: int | None = None, device: str | None = "cpu"):
     """(backend, labels, processor) of an export folder written by export.py."""
     from transformers import AutoImageProcessor
 
     from vitft.export.runtime import load_exported
 
-    run, meta = load_exported(folder, threads=threads)
+    run, meta = load_exported(folder, threads=threads, device=device)
 
     def backend(pixel_values: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(run(pixel_values.numpy().astype("float32")))
@@ -237,7 +237,7 @@ class Predictor:
         """A Predictor over a model dir, an export folder (onnx, onnx_int8, torch_int8, tflite,
         ...: anything with a metadata.json) or a Lightning checkpoint."""
         if model_dir and (Path(model_dir) / "metadata.json").is_file():
-            return cls(*exported_backend(model_dir), **kwargs)
+            return cls(*exported_backend(model_dir, device=device), **kwargs)
         model, processor = load_classifier(model_dir, ckpt_path)
         return cls(TorchBackend(model, device), model.labels, processor, **kwargs)
 

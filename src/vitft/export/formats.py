@@ -18,6 +18,7 @@ import torch
 from omegaconf import DictConfig
 
 from vitft.data.transforms import processor_facts
+from vitft.deploy import openvino
 from vitft.errors import VitftError
 from vitft.export import onnx as onnx_export
 from vitft.export import quantize, tflite
@@ -55,7 +56,13 @@ FORMATS: dict[str, Format] = {
     "torch_int8": Format("torchscript", "int8", "model.pt", "PyTorch dynamic int8 (Linear)"),
     "tflite": Format("litert", "fp32", "model.tflite", "LiteRT fp32"),
     "tflite_int8": Format("litert", "int8", "model.tflite", "LiteRT dynamic-range int8"),
+    "openvino": Format("openvino", "fp32", "model.xml", "OpenVINO IR fp32"),
+    "openvino_int8": Format(
+        "openvino", "int8", "model.xml", "OpenVINO IR int8 (NNCF post-training, calibrated)"
+    ),
 }
+# Formats that quantize with activation statistics of calibration images (train split).
+CALIBRATED = ("onnx_int8_static", "openvino_int8")
 
 
 def _check_formats(formats: list[str]) -> list[str]:
@@ -99,6 +106,11 @@ def _write_one(
         shutil.copy(fp32_tflite(), dst)
     elif fmt == "tflite_int8":
         tflite.tflite_int8_dynamic(fp32_tflite(), dst)
+    elif fmt == "openvino":
+        openvino.export_openvino(fp32_onnx(), dst)
+    elif fmt == "openvino_int8":
+        assert calibration is not None
+        openvino.openvino_int8(fp32_onnx(), dst, calibration.x)
 
 
 def export(cfg: DictConfig) -> dict[str, dict]:
@@ -124,7 +136,7 @@ def export(cfg: DictConfig) -> dict[str, dict]:
         data["data_dir"], model.labels, processor, par.split, par.get("max_images"), **split_args
     )
     calibration = None
-    if "onnx_int8_static" in formats:
+    if any(f in CALIBRATED for f in formats):
         calibration = load_images(
             data["data_dir"], model.labels, processor, "train", cfg.calibration_images, **split_args
         )
@@ -170,7 +182,9 @@ def export(cfg: DictConfig) -> dict[str, dict]:
                 threshold=threshold,
                 batch_size=int(par.get("batch_size") or 1),
                 passed=result["agreement"] >= threshold,
-                size_mb=(folder / spec.file).stat().st_size / 1e6,
+                # the model file and its siblings (OpenVINO's model.bin beside model.xml)
+                size_mb=sum(f.stat().st_size for f in folder.glob(Path(spec.file).stem + ".*"))
+                / 1e6,
             )
             write_parity(folder, result)
             print(format_row(fmt, result), flush=True)

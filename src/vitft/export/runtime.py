@@ -6,6 +6,7 @@ logits ``(N, num_labels)``. Each runtime is imported only when its format is loa
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,7 +16,10 @@ import torch
 from vitft.errors import VitftError
 from vitft.export.metadata import METADATA_FILE, read_metadata
 
+log = logging.getLogger(__name__)
+
 Predict = Callable[[np.ndarray], np.ndarray]
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
 
 def _torch_threads(threads: int | None) -> None:
@@ -23,7 +27,7 @@ def _torch_threads(threads: int | None) -> None:
         torch.set_num_threads(int(threads))
 
 
-def _pytorch(folder: Path, meta: dict, threads: int | None) -> Predict:
+def _pytorch(folder: Path, meta: dict, threads: int | None, device: str | None) -> Predict:
     from vitft.export.hf import load_model
 
     _torch_threads(threads)
@@ -36,7 +40,7 @@ def _pytorch(folder: Path, meta: dict, threads: int | None) -> Predict:
     return predict
 
 
-def _torchscript(folder: Path, meta: dict, threads: int | None) -> Predict:
+def _torchscript(folder: Path, meta: dict, threads: int | None, device: str | None) -> Predict:
     _torch_threads(threads)
     model = torch.jit.load(str(folder / meta["file"]), map_location="cpu").eval()
 
@@ -47,7 +51,32 @@ def _torchscript(folder: Path, meta: dict, threads: int | None) -> Predict:
     return predict
 
 
-def _onnxruntime(folder: Path, meta: dict, threads: int | None) -> Predict:
+def ort_providers(device: str | None, available: list[str] | None = None) -> list[str]:
+    """ONNX Runtime execution providers for ``device``, best first.
+
+    ``cuda`` (or ``auto`` with a GPU): TensorRT, then CUDA, then CPU for the ops they lack; when
+    this onnxruntime build has neither GPU provider, CPU only, with a warning that says why.
+    """
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if not device or not str(device).startswith("cuda"):
+        return ["CPUExecutionProvider"]
+    if available is None:
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
+    gpu = [p for p in GPU_PROVIDERS if p in available]
+    if not gpu:
+        log.warning(
+            "device=%s: this onnxruntime has no CUDA/TensorRT execution provider (it has %s); "
+            "running on CPU. Install onnxruntime-gpu for GPU inference.",
+            device,
+            available,
+        )
+    return [*gpu, "CPUExecutionProvider"]
+
+
+def _onnxruntime(folder: Path, meta: dict, threads: int | None, device: str | None) -> Predict:
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -57,9 +86,12 @@ def _onnxruntime(folder: Path, meta: dict, threads: int | None) -> Predict:
     # Idle ORT threads otherwise busy-wait after each run and starve other work on the same
     # cores (another model, the camera loop, or the other formats in benchmark.py).
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(
-        str(folder / meta["file"]), opts, providers=["CPUExecutionProvider"]
-    )
+    providers = ort_providers(device)
+    session = ort.InferenceSession(str(folder / meta["file"]), opts, providers=providers)
+    if providers[0] != "CPUExecutionProvider" and session.get_providers()[0] != providers[0]:
+        log.warning(  # ORT falls back silently when e.g. the CUDA libraries are missing
+            "ONNX Runtime could not start %s; running on %s", providers[0], session.get_providers()
+        )
     name = session.get_inputs()[0].name
 
     def predict(x: np.ndarray) -> np.ndarray:
@@ -68,7 +100,25 @@ def _onnxruntime(folder: Path, meta: dict, threads: int | None) -> Predict:
     return predict
 
 
-def _litert(folder: Path, meta: dict, threads: int | None) -> Predict:
+def _openvino(folder: Path, meta: dict, threads: int | None, device: str | None) -> Predict:
+    import openvino as ov
+
+    config: dict = {"PERFORMANCE_HINT": "LATENCY"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    if meta.get("precision") == "fp32":
+        # CPUs with bf16/AMX would otherwise run an fp32 model in bf16 by default.
+        config["INFERENCE_PRECISION_HINT"] = "f32"
+    compiled = ov.Core().compile_model(str(folder / meta["file"]), "CPU", config)
+    output = compiled.output(0)
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        return compiled(np.ascontiguousarray(x, np.float32))[output]
+
+    return predict
+
+
+def _litert(folder: Path, meta: dict, threads: int | None, device: str | None) -> Predict:
     from ai_edge_litert.interpreter import Interpreter
 
     interpreter = Interpreter(str(folder / meta["file"]), num_threads=int(threads or 1))
@@ -88,19 +138,24 @@ def _litert(folder: Path, meta: dict, threads: int | None) -> Predict:
     return predict
 
 
-RUNTIMES: dict[str, Callable[[Path, dict, int | None], Predict]] = {
+RUNTIMES: dict[str, Callable[[Path, dict, int | None, str | None], Predict]] = {
     "pytorch": _pytorch,
     "torchscript": _torchscript,
     "onnxruntime": _onnxruntime,
     "litert": _litert,
+    "openvino": _openvino,
 }
 
 
-def load_exported(folder: str | Path, threads: int | None = None) -> tuple[Predict, dict]:
-    """Load an export folder (or an HF model dir, run in PyTorch fp32) for CPU inference.
+def load_exported(
+    folder: str | Path, threads: int | None = None, device: str | None = "cpu"
+) -> tuple[Predict, dict]:
+    """Load an export folder (or an HF model dir, run in PyTorch fp32) for inference.
 
     ``threads``: intra-op threads (torch.set_num_threads / ORT intra_op_num_threads / LiteRT
-    num_threads); None keeps each runtime's default.
+    num_threads / OpenVINO INFERENCE_NUM_THREADS); None keeps each runtime's default.
+    ``device``: ``cuda`` runs ONNX models on ORT's TensorRT/CUDA providers when present (see
+    ``ort_providers``); the other runtimes run on the CPU.
     """
     folder = Path(folder)
     if not (folder / METADATA_FILE).is_file() and (folder / "config.json").is_file():
@@ -116,7 +171,7 @@ def load_exported(folder: str | Path, threads: int | None = None) -> tuple[Predi
             "labels": model.labels,
             **processor_facts(processor),
         }
-        return _pytorch(folder, meta, threads), meta
+        return _pytorch(folder, meta, threads, device), meta
     meta = read_metadata(folder)
     runtime = meta.get("runtime")
     if runtime not in RUNTIMES:
@@ -125,4 +180,4 @@ def load_exported(folder: str | Path, threads: int | None = None) -> tuple[Predi
         )
     if not (folder / meta["file"]).is_file():
         raise VitftError(f"{folder}: model file {meta['file']} named in {METADATA_FILE} is missing")
-    return RUNTIMES[runtime](folder, meta, threads), meta
+    return RUNTIMES[runtime](folder, meta, threads, device), meta
