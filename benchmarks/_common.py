@@ -95,6 +95,8 @@ def compose(output_dir: Path, data_dir: Path, *overrides: str):
 
     base = [
         "trainer=cpu",
+        # fp32 unless a benchmark sets otherwise: figures comparable across CPUs with/without bf16
+        "trainer.precision=32-true",
         "logger=none",
         "task=folder",
         f"task.data_dir={data_dir}",
@@ -148,16 +150,6 @@ def table(headers: list[str], rows: list[list]) -> str:
     return "\n".join([line(headers), sep, *(line(r) for r in cells)])
 
 
-def cpu_flags() -> str:
-    """The CPU features that change int8 and bf16 speed most, as this machine reports them."""
-    try:
-        flags = set(open("/proc/cpuinfo").read().split())
-    except OSError:
-        return "unknown"
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
-    return " ".join(f for f in wanted if f in flags) or "none of avx2/avx512/amx"
-
-
 def machine_note() -> str:
     import torch
 
@@ -169,11 +161,7 @@ def machine_note() -> str:
 
 
 def cpu_flags() -> str:
-    """The CPU's vector/matrix extensions that decide int8 and fp32 speed (from /proc/cpuinfo)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "cpu flags: unknown"
-    flags = set(next((ln for ln in text.splitlines() if ln.startswith("flags")), "").split())
-    wanted = ["avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16"]
-    return "cpu flags: " + " ".join(f"{f}={'yes' if f in flags else 'no'}" for f in wanted)
+    """``cpu flags: avx2=yes ... amx_bf16=no``: the extensions that decide bf16/int8/fp32 speed."""
+    from vitft.hardware import flags_note
+
+    return flags_note()

@@ -16,6 +16,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from vitft import checkpoints, tracking
+from vitft.hardware import resolve_precision
 from vitft.models.backbone import load_backbone
 from vitft.pretraining.data import UnlabelledDataModule, find_images, screen
 from vitft.pretraining.encoder import save_encoder, vit_encoder
@@ -58,6 +59,7 @@ def pretrain(cfg: DictConfig) -> tuple[dict, dict]:
     rid = tracking.run_id(output_dir, ckpt_path)
     trainer: L.Trainer = instantiate(
         cfg.trainer,
+        precision=resolve_precision(cfg.trainer.get("precision"), cfg.trainer.get("accelerator")),
         callbacks=[*_instantiate_all(cfg.get("callbacks")), checkpoints.SpentHpcCheckpoints()],
         logger=tracking.build_loggers(cfg.get("logger"), output_dir, rid, resolved) or False,
         plugins=[checkpoints.AtomicCheckpointIO()],
