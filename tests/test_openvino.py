@@ -11,7 +11,7 @@ import pytest
 from tests.test_export import export_cfg, make_model_dir
 from vitft.export.formats import export
 from vitft.export.metadata import read_metadata
-from vitft.export.runtime import load_exported, ort_providers
+from vitft.export.runtime import load_exported
 from vitft.predict import Predictor
 
 pytest.importorskip("openvino")
@@ -54,15 +54,3 @@ def test_openvino_fp32_and_int8_export_with_parity_and_predict(tmp_path, tiny_da
     assert meta["format"] == "openvino_int8" and meta["precision"] == "int8"
     assert meta["heatmap"] is False and meta["model_file"] == "model.xml"
     assert r.status_code == 200 and r.json()["predictions"][0]["label"] in meta["classes"]
-
-
-def test_ort_providers_prefer_tensorrt_then_cuda_and_fall_back_with_a_warning(caplog):
-    gpu = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
-    assert ort_providers("cuda", gpu) == gpu
-    assert ort_providers("cuda:1", ["CUDAExecutionProvider", "CPUExecutionProvider"]) == [
-        "CUDAExecutionProvider",
-        "CPUExecutionProvider",
-    ]
-    assert ort_providers("cpu", gpu) == ["CPUExecutionProvider"]
-    assert ort_providers("cuda", ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
-    assert "no CUDA/TensorRT execution provider" in caplog.text

@@ -22,7 +22,7 @@ from vitft.deploy import openvino
 from vitft.errors import VitftError
 from vitft.export import onnx as onnx_export
 from vitft.export import quantize, tflite
-from vitft.export.hf import load_model
+from vitft.export.hf import load_model, multilabel_facts
 from vitft.export.metadata import build_metadata, write_metadata
 from vitft.export.parity import (
     ImageSet,
@@ -35,6 +35,7 @@ from vitft.export.parity import (
 )
 from vitft.export.runtime import load_exported
 from vitft.models.resolution import set_image_size
+from vitft.multilabel import is_multilabel
 
 log = logging.getLogger(__name__)
 
@@ -126,19 +127,17 @@ def export(cfg: DictConfig) -> dict[str, dict]:
     out.mkdir(parents=True, exist_ok=True)
 
     data = run_data(model_dir, cfg.get("data_dir"))
-    split_args = {
-        "val_fraction": data.get("val_fraction", 0.15),
-        "test_fraction": data.get("test_fraction", 0.15),
-        "split_seed": data.get("split_seed", 0),
-    }
+    multilabel = is_multilabel(model.config)
+    # Multi-label exports carry the tuned thresholds; parity compares label sets with them.
+    label_facts = multilabel_facts(model_dir, model.labels) if multilabel else {}
     par = cfg.parity
     images = load_images(
-        data["data_dir"], model.labels, processor, par.split, par.get("max_images"), **split_args
+        data, model.labels, processor, par.split, par.get("max_images"), multilabel
     )
     calibration = None
     if any(f in CALIBRATED for f in formats):
         calibration = load_images(
-            data["data_dir"], model.labels, processor, "train", cfg.calibration_images, **split_args
+            data, model.labels, processor, "train", cfg.calibration_images, multilabel
         )
     with torch.inference_mode():
         reference = batched(lambda x: model(torch.from_numpy(x)).numpy(), images.x)
@@ -167,13 +166,16 @@ def export(cfg: DictConfig) -> dict[str, dict]:
                     if fmt in quantize.ONNX_INT8_FACTS
                     else {}
                 ),
+                **label_facts,
             )
             write_metadata(folder, meta)
             processor.save_pretrained(folder)  # the exact preprocessing, for predict.py
             predict, _ = load_exported(folder, threads=cfg.get("threads"))
-            result = parity(
-                reference, batched(predict, images.x, int(par.get("batch_size") or 1)), images.y
+            logits = batched(predict, images.x, int(par.get("batch_size") or 1))
+            thresholds = (
+                [label_facts["thresholds"][c] for c in model.labels] if multilabel else None
             )
+            result = parity(reference, logits, images.y, thresholds)
             threshold = float(par.int8_threshold if spec.precision == "int8" else par.threshold)
             result.update(
                 format=fmt,

@@ -19,7 +19,6 @@ from vitft.export.metadata import METADATA_FILE, read_metadata
 log = logging.getLogger(__name__)
 
 Predict = Callable[[np.ndarray], np.ndarray]
-GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
 
 def _torch_threads(threads: int | None) -> None:
@@ -27,7 +26,7 @@ def _torch_threads(threads: int | None) -> None:
         torch.set_num_threads(int(threads))
 
 
-def _pytorch(folder: Path, meta: dict, threads: int | None, device: str | None) -> Predict:
+def _pytorch(folder: Path, meta: dict, threads: int | None) -> Predict:
     from vitft.export.hf import load_model
 
     _torch_threads(threads)
@@ -40,7 +39,7 @@ def _pytorch(folder: Path, meta: dict, threads: int | None, device: str | None) 
     return predict
 
 
-def _torchscript(folder: Path, meta: dict, threads: int | None, device: str | None) -> Predict:
+def _torchscript(folder: Path, meta: dict, threads: int | None) -> Predict:
     _torch_threads(threads)
     model = torch.jit.load(str(folder / meta["file"]), map_location="cpu").eval()
 
@@ -51,32 +50,48 @@ def _torchscript(folder: Path, meta: dict, threads: int | None, device: str | No
     return predict
 
 
-def ort_providers(device: str | None, available: list[str] | None = None) -> list[str]:
-    """ONNX Runtime execution providers for ``device``, best first.
+CPU_PROVIDER = "CPUExecutionProvider"
+# Best first: TensorRT (engines built for this GPU, cached next to the model), then CUDA.
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+DEVICES = ("cpu", "cuda", "auto")
 
-    ``cuda`` (or ``auto`` with a GPU): TensorRT, then CUDA, then CPU for the ops they lack; when
-    this onnxruntime build has neither GPU provider, CPU only, with a warning that says why.
+
+def ort_providers(device: str = "cpu", available: list[str] | None = None) -> list[str]:
+    """ONNX Runtime execution providers for ``device`` (cpu | cuda | auto), best first.
+
+    cuda/auto: TensorRT, then CUDA, whichever this onnxruntime has, then the CPU as ONNX Runtime's
+    fallback for ops a GPU provider can't run. cuda without a GPU provider warns and runs on the
+    CPU (install onnxruntime-gpu: ``pip install vitft[gpu]``).
     """
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if not device or not str(device).startswith("cuda"):
-        return ["CPUExecutionProvider"]
+    if device not in DEVICES:
+        raise VitftError(f"device={device!r} is unknown for ONNX Runtime; use one of {DEVICES}")
+    if device == "cpu":
+        return [CPU_PROVIDER]
     if available is None:
         import onnxruntime as ort
 
         available = ort.get_available_providers()
     gpu = [p for p in GPU_PROVIDERS if p in available]
-    if not gpu:
+    if not gpu and device == "cuda":
         log.warning(
-            "device=%s: this onnxruntime has no CUDA/TensorRT execution provider (it has %s); "
-            "running on CPU. Install onnxruntime-gpu for GPU inference.",
-            device,
-            available,
+            "device=cuda: this onnxruntime has no GPU provider (it has %s); running on the CPU. "
+            "For the GPU: pip uninstall onnxruntime && pip install 'vitft[gpu]'",
+            ", ".join(available),
         )
-    return [*gpu, "CPUExecutionProvider"]
+    return [*gpu, CPU_PROVIDER]
 
 
-def _onnxruntime(folder: Path, meta: dict, threads: int | None, device: str | None) -> Predict:
+def _provider_options(providers: list[str], folder: Path) -> list:
+    """TensorRT builds an engine per model and GPU (minutes): cache it in the export folder."""
+    return [
+        (p, {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(folder / "trt_cache")})
+        if p == "TensorrtExecutionProvider"
+        else p
+        for p in providers
+    ]
+
+
+def _onnxruntime(folder: Path, meta: dict, threads: int | None, device: str = "cpu") -> Predict:
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -87,10 +102,15 @@ def _onnxruntime(folder: Path, meta: dict, threads: int | None, device: str | No
     # cores (another model, the camera loop, or the other formats in benchmark.py).
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers = ort_providers(device)
-    session = ort.InferenceSession(str(folder / meta["file"]), opts, providers=providers)
-    if providers[0] != "CPUExecutionProvider" and session.get_providers()[0] != providers[0]:
-        log.warning(  # ORT falls back silently when e.g. the CUDA libraries are missing
-            "ONNX Runtime could not start %s; running on %s", providers[0], session.get_providers()
+    session = ort.InferenceSession(
+        str(folder / meta["file"]), opts, providers=_provider_options(providers, folder)
+    )
+    if session.get_providers()[0] != providers[0]:  # e.g. CUDA libraries missing at run time
+        log.warning(
+            "ONNX Runtime could not start %s for %s; running on %s",
+            providers[0],
+            folder,
+            session.get_providers()[0],
         )
     name = session.get_inputs()[0].name
 
@@ -100,25 +120,7 @@ def _onnxruntime(folder: Path, meta: dict, threads: int | None, device: str | No
     return predict
 
 
-def _openvino(folder: Path, meta: dict, threads: int | None, device: str | None) -> Predict:
-    import openvino as ov
-
-    config: dict = {"PERFORMANCE_HINT": "LATENCY"}
-    if threads:
-        config["INFERENCE_NUM_THREADS"] = int(threads)
-    if meta.get("precision") == "fp32":
-        # CPUs with bf16/AMX would otherwise run an fp32 model in bf16 by default.
-        config["INFERENCE_PRECISION_HINT"] = "f32"
-    compiled = ov.Core().compile_model(str(folder / meta["file"]), "CPU", config)
-    output = compiled.output(0)
-
-    def predict(x: np.ndarray) -> np.ndarray:
-        return compiled(np.ascontiguousarray(x, np.float32))[output]
-
-    return predict
-
-
-def _litert(folder: Path, meta: dict, threads: int | None, device: str | None) -> Predict:
+def _litert(folder: Path, meta: dict, threads: int | None) -> Predict:
     from ai_edge_litert.interpreter import Interpreter
 
     interpreter = Interpreter(str(folder / meta["file"]), num_threads=int(threads or 1))
@@ -138,7 +140,25 @@ def _litert(folder: Path, meta: dict, threads: int | None, device: str | None) -
     return predict
 
 
-RUNTIMES: dict[str, Callable[[Path, dict, int | None, str | None], Predict]] = {
+def _openvino(folder: Path, meta: dict, threads: int | None) -> Predict:
+    import openvino as ov
+
+    config: dict = {"PERFORMANCE_HINT": "LATENCY"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    if meta.get("precision") == "fp32":
+        # CPUs with bf16/AMX would otherwise run an fp32 model in bf16 by default.
+        config["INFERENCE_PRECISION_HINT"] = "f32"
+    compiled = ov.Core().compile_model(str(folder / meta["file"]), "CPU", config)
+    output = compiled.output(0)
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        return compiled(np.ascontiguousarray(x, np.float32))[output]
+
+    return predict
+
+
+RUNTIMES: dict[str, Callable[[Path, dict, int | None], Predict]] = {
     "pytorch": _pytorch,
     "torchscript": _torchscript,
     "onnxruntime": _onnxruntime,
@@ -148,14 +168,13 @@ RUNTIMES: dict[str, Callable[[Path, dict, int | None, str | None], Predict]] = {
 
 
 def load_exported(
-    folder: str | Path, threads: int | None = None, device: str | None = "cpu"
+    folder: str | Path, threads: int | None = None, device: str = "cpu"
 ) -> tuple[Predict, dict]:
     """Load an export folder (or an HF model dir, run in PyTorch fp32) for inference.
 
     ``threads``: intra-op threads (torch.set_num_threads / ORT intra_op_num_threads / LiteRT
     num_threads / OpenVINO INFERENCE_NUM_THREADS); None keeps each runtime's default.
-    ``device``: ``cuda`` runs ONNX models on ORT's TensorRT/CUDA providers when present (see
-    ``ort_providers``); the other runtimes run on the CPU.
+    ``device``: cpu, or cuda/auto for ONNX Runtime exports (see ``ort_providers``).
     """
     folder = Path(folder)
     if not (folder / METADATA_FILE).is_file() and (folder / "config.json").is_file():
@@ -171,7 +190,8 @@ def load_exported(
             "labels": model.labels,
             **processor_facts(processor),
         }
-        return _pytorch(folder, meta, threads, device), meta
+        _cpu_only(folder, "pytorch", device)
+        return _pytorch(folder, meta, threads), meta
     meta = read_metadata(folder)
     runtime = meta.get("runtime")
     if runtime not in RUNTIMES:
@@ -180,4 +200,14 @@ def load_exported(
         )
     if not (folder / meta["file"]).is_file():
         raise VitftError(f"{folder}: model file {meta['file']} named in {METADATA_FILE} is missing")
-    return RUNTIMES[runtime](folder, meta, threads, device), meta
+    if runtime == "onnxruntime":
+        return _onnxruntime(folder, meta, threads, device), meta
+    _cpu_only(folder, runtime, device)
+    return RUNTIMES[runtime](folder, meta, threads), meta
+
+
+def _cpu_only(folder: Path, runtime: str, device: str) -> None:
+    if device != "cpu":
+        raise VitftError(
+            f"{folder}: device={device} is for ONNX Runtime exports; {runtime} runs on the CPU"
+        )

@@ -14,6 +14,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from vitft.data.folder import class_name
 from vitft.export.metadata import sha256
 
 PROVENANCE_FILE = "provenance.json"
@@ -94,7 +95,7 @@ def write_split_manifest(output_dir: str | Path, splits: Any) -> Path:
             for file, label in splits.split(split):
                 file = Path(file)
                 rel = file.relative_to(root) if file.is_relative_to(root) else file
-                writer.writerow([split, rel.as_posix(), splits.classes[label]])
+                writer.writerow([split, rel.as_posix(), class_name(splits.classes, label)])
     return path
 
 
