@@ -212,7 +212,7 @@ class ClassifierModule(L.LightningModule):
         if self.label_smoothing:
             target = target * (1 - self.label_smoothing) + self.label_smoothing / 2
         loss = self.criterion(logits, target)
-        probs = logits.detach().sigmoid()
+        probs = logits.detach().float().sigmoid()  # fp32 scores (under bf16 autocast too)
         preds = (probs >= self.thresholds).long()
         getattr(self, f"{stage}_metrics").update(preds, y)
         if stage != "train":

@@ -149,7 +149,10 @@ def image_grid(
     n = max(1, len(images))
     cols = min(cols, n)
     rows = int(np.ceil(n / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.9 * rows), squeeze=False)
+    lines = max((t.count("\n") + 1 for t in titles), default=1)  # room for the titles
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(2.6 * cols, (2.6 + 0.15 * lines) * rows), squeeze=False
+    )
     for ax in axes.flat:
         ax.axis("off")
     for ax, img, title in zip(axes.flat, images, titles, strict=False):
