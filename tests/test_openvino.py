@@ -12,6 +12,7 @@ from tests.test_export import export_cfg, make_model_dir
 from vitft.export.formats import export
 from vitft.export.metadata import read_metadata
 from vitft.export.runtime import load_exported
+from vitft.modelio.card import write_card
 from vitft.predict import Predictor
 
 pytest.importorskip("openvino")
@@ -19,6 +20,7 @@ pytest.importorskip("openvino")
 
 def test_openvino_fp32_and_int8_export_with_parity_and_predict(tmp_path, tiny_data):
     model_dir = make_model_dir(tmp_path)
+    write_card(model_dir, task="t", classes=["a"], metrics={}, config={}, provenance={})
     cfg = export_cfg(
         model_dir, tiny_data, "formats=[openvino,openvino_int8]", "calibration_images=6"
     )
@@ -34,6 +36,8 @@ def test_openvino_fp32_and_int8_export_with_parity_and_predict(tmp_path, tiny_da
         assert par["size_mb"] > 0.01  # model.bin counted, not just the XML graph
         predict, _ = load_exported(out / fmt, threads=1)
         np.testing.assert_allclose(predict(x), ref(x), atol=tol)  # dynamic batch of 3
+    card = (model_dir / "README.md").read_text()
+    assert "| openvino | " in card and "| openvino_int8 | " in card  # the card lists the exports
     # the same Predictor that predict.py and `vitft serve` use
     images = sorted((tiny_data / "test").rglob("*.png"))[:4]
     got = Predictor.from_path(out / "openvino").predict(images)

@@ -34,6 +34,7 @@ from vitft.export.parity import (
     write_parity,
 )
 from vitft.export.runtime import load_exported
+from vitft.modelio.card import update_card_exports
 from vitft.models.resolution import set_image_size
 from vitft.multilabel import is_multilabel
 
@@ -192,6 +193,7 @@ def export(cfg: DictConfig) -> dict[str, dict]:
             print(format_row(fmt, result), flush=True)
             results[fmt] = result
     (out / "parity.json").write_text(json.dumps(results, indent=2))
+    update_card_exports(model_dir, results, out)  # model/README.md lists formats + parity
     failed = [f for f, r in results.items() if not r["passed"]]
     if failed and par.get("fail", True):
         raise VitftError(
