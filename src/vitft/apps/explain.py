@@ -21,7 +21,8 @@ def explain(cfg: Any) -> list[Path]:
     """explain.py: one PNG per input image (image | one map per method) in ``cfg.output_dir``."""
     if not cfg.get("inputs"):
         raise VitftError("set inputs=<image | folder | glob> (a list works too)")
-    predictor = Predictor.from_path(cfg.get("model_dir"), cfg.get("ckpt_path"), device="cpu")
+    device = cfg.get("device", "auto")
+    predictor = Predictor.from_path(cfg.get("model_dir"), cfg.get("ckpt_path"), device=device)
     model = predictor.backend.torch_model
     if model is None:
         raise VitftError(
@@ -51,7 +52,9 @@ def explain(cfg: Any) -> list[Path]:
         pixels = predictor.transform(image)[None]
         probs = predictor.probabilities(pixels)[0]
         cls = int(probs.argmax()) if target is None else target
-        maps = explainer.explain(pixels, methods, torch.tensor([cls]))
+        on = next(model.parameters()).device
+        maps = explainer.explain(pixels.to(on), methods, torch.tensor([cls], device=on))
+        maps = {m: v.detach().cpu() for m, v in maps.items()}
         title = f"{path.name}: {predictor.labels[int(probs.argmax())]} {float(probs.max()):.2f}"
         fig = heatmap_figure(
             [image], {m: [maps[m][0]] for m in methods}, [title], explained=predictor.labels[cls]

@@ -17,10 +17,11 @@ from omegaconf import DictConfig
 from vitft.core.errors import VitftError
 from vitft.data.transforms import processor_facts
 from vitft.deploy import quantize
-from vitft.deploy.formats import FORMATS, check_formats, write_format
+from vitft.deploy.formats import CALIBRATED, FORMATS, check_formats, write_format
 from vitft.deploy.metadata import build_metadata, write_metadata
 from vitft.deploy.parity import batched, format_row, parity, write_parity
 from vitft.deploy.runtime import load_exported
+from vitft.modelio.card import update_card_exports
 from vitft.modelio.hf import load_model, multilabel_facts
 from vitft.models.multilabel import is_multilabel
 from vitft.models.resolution import set_image_size
@@ -50,7 +51,7 @@ def export(cfg: DictConfig) -> dict[str, dict]:
         model_dir, model.labels, processor, par.split, data_dir, par.get("max_images")
     )
     calibration = None
-    if "onnx_int8_static" in formats:
+    if any(f in CALIBRATED for f in formats):
         calibration = model_images(
             model_dir, model.labels, processor, "train", data_dir, cfg.calibration_images
         )
@@ -99,12 +100,15 @@ def export(cfg: DictConfig) -> dict[str, dict]:
                 threshold=threshold,
                 batch_size=int(par.get("batch_size") or 1),
                 passed=result["agreement"] >= threshold,
-                size_mb=(folder / spec.file).stat().st_size / 1e6,
+                # the model file and its siblings (OpenVINO's model.bin beside model.xml)
+                size_mb=sum(f.stat().st_size for f in folder.glob(Path(spec.file).stem + ".*"))
+                / 1e6,
             )
             write_parity(folder, result)
             print(format_row(fmt, result), flush=True)
             results[fmt] = result
     (out / "parity.json").write_text(json.dumps(results, indent=2))
+    update_card_exports(model_dir, results, out)  # model/README.md lists formats + parity
     failed = [f for f, r in results.items() if not r["passed"]]
     if failed and par.get("fail", True):
         raise VitftError(

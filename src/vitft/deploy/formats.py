@@ -11,7 +11,7 @@ import torch
 
 from vitft.core.errors import VitftError
 from vitft.deploy import onnx as onnx_export
-from vitft.deploy import quantize, tflite
+from vitft.deploy import openvino, quantize, tflite
 from vitft.deploy.parity import (
     ImageSet,
 )
@@ -36,7 +36,13 @@ FORMATS: dict[str, Format] = {
     "torch_int8": Format("torchscript", "int8", "model.pt", "PyTorch dynamic int8 (Linear)"),
     "tflite": Format("litert", "fp32", "model.tflite", "LiteRT fp32"),
     "tflite_int8": Format("litert", "int8", "model.tflite", "LiteRT dynamic-range int8"),
+    "openvino": Format("openvino", "fp32", "model.xml", "OpenVINO IR fp32"),
+    "openvino_int8": Format(
+        "openvino", "int8", "model.xml", "OpenVINO IR int8 (NNCF post-training, calibrated)"
+    ),
 }
+# Formats that quantize with activation statistics of calibration images (train split).
+CALIBRATED = ("onnx_int8_static", "openvino_int8")
 
 
 def check_formats(formats: list[str]) -> list[str]:
@@ -80,3 +86,8 @@ def write_format(
         shutil.copy(fp32_tflite(), dst)
     elif fmt == "tflite_int8":
         tflite.tflite_int8_dynamic(fp32_tflite(), dst)
+    elif fmt == "openvino":
+        openvino.export_openvino(fp32_onnx(), dst)
+    elif fmt == "openvino_int8":
+        assert calibration is not None
+        openvino.openvino_int8(fp32_onnx(), dst, calibration.x)
