@@ -33,6 +33,7 @@ from vitft.export.hf import save_hf
 from vitft.freeze import build_freeze
 from vitft.models.classifier import build_model
 from vitft.module import ClassifierModule
+from vitft.seeding import StepSeed
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +158,9 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         distill=cfg.get("distill"),
         teacher=load_teacher(cfg.get("distill"), splits.classes, processor),
     )
-    callbacks: list[Callback] = [freeze, *_instantiate_all(cfg.get("callbacks"))]
+    # StepSeed: dropout/drop-path/MixUp draws as a function of the position (exact resume).
+    callbacks: list[Callback] = [freeze, StepSeed(cfg.seed)]
+    callbacks += _instantiate_all(cfg.get("callbacks"))
     if cfg.get("ema_decay"):
         from lightning.pytorch.callbacks import EMAWeightAveraging
 
