@@ -95,6 +95,8 @@ def compose(output_dir: Path, data_dir: Path, *overrides: str):
 
     base = [
         "trainer=cpu",
+        # fp32 unless a benchmark sets otherwise: figures comparable across CPUs with/without bf16
+        "trainer.precision=32-true",
         "logger=none",
         "task=folder",
         f"task.data_dir={data_dir}",
@@ -156,3 +158,10 @@ def machine_note() -> str:
         f"cpu cores={os.cpu_count()} torch threads={torch.get_num_threads()} "
         f"load avg(1m)={load:.2f} torch={torch.__version__}"
     )
+
+
+def cpu_flags() -> str:
+    """``cpu flags: avx2=yes ... amx_bf16=no``: the extensions that decide bf16/int8/fp32 speed."""
+    from vitft.hardware import flags_note
+
+    return flags_note()

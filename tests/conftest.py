@@ -68,6 +68,8 @@ def make_cfg(output_dir: Path, data_dir: Path | None, *overrides: str) -> DictCo
         "model=vit_tiny",
         "freeze=none",
         "trainer=cpu",
+        # The same numbers on every CPU (precision=auto picks bf16 where the CPU has it).
+        "trainer.precision=32-true",
         "trainer.max_epochs=1",
         "data.num_workers=0",
         "data.batch_size=8",

@@ -4,6 +4,7 @@ import csv
 import json
 import re
 
+import pytest
 import torch
 
 from tests.conftest import make_dataset
@@ -65,3 +66,54 @@ def test_ddp_two_cpu_processes_train_sync_and_resume(tmp_path):
         rows = [(row["epoch"], row["step"]) for row in csv.DictReader(f) if row.get("val/acc")]
     assert {"0", "1"} <= {epoch for epoch, _ in rows}  # epoch 0's row kept, epoch 1 appended
     assert len(rows) == len(set(rows))  # written by rank 0 only: no duplicated rows
+
+
+def _ddp_train(tmp_path, *overrides: str):
+    """train.py under 2-process gloo DDP on 3 x 4 train images; returns each rank's weights."""
+    data = make_dataset(tmp_path / "data", counts={"train": 4, "val": 1, "test": 1})
+    weights = tmp_path / "weights"
+    proc = run_script(
+        "train.py",
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "data.num_workers=0",
+        "data.batch_size=2",
+        "task=folder",
+        f"task.data_dir={data}",
+        "logger=none",
+        "callbacks=none",
+        "+trainer.enable_progress_bar=false",
+        "test=false",
+        "+callbacks.rank_weights._target_=tests.ddp_helpers.RankWeights",
+        f"+callbacks.rank_weights.path={weights}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        *overrides,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [json.loads((weights / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+
+def test_ddp_dinov2_trains_every_parameter_it_uses(tmp_path):
+    # DINOv2's mask token is only used for masked-image pretraining: DDP refuses a trainable
+    # parameter that gets no gradient, so it stays frozen under every strategy.
+    ranks = _ddp_train(tmp_path, "model=dinov2_tiny", "freeze=none", "trainer.max_epochs=1")
+    assert ranks[0] == ranks[1]
+    assert "backbone.dinov2.embeddings.mask_token" not in ranks[0]["trainable"]
+    assert "backbone.dinov2.embeddings.patch_embeddings.projection.weight" in ranks[0]["trainable"]
+
+
+@pytest.mark.parametrize(
+    "freeze",
+    [
+        ["freeze=freeze_unfreeze", "freeze.unfreeze_epoch=1"],
+        ["freeze=unfreeze_milestones", "freeze.milestones=[1,1]", "freeze.n=1"],
+    ],
+    ids=["freeze_unfreeze", "unfreeze_milestones"],
+)
+def test_ddp_staged_unfreezing_keeps_the_ranks_identical(tmp_path, freeze):
+    # Parameters unfrozen after DDP wrapped the model must be all-reduced like the others: after
+    # the unfreeze epoch both ranks (which saw different images) hold the same weights.
+    ranks = _ddp_train(tmp_path, "model=vit_tiny", *freeze, "trainer.max_epochs=2")
+    assert "backbone.vit.embeddings.patch_embeddings.projection.weight" in ranks[0]["trainable"]
+    assert ranks[0] == ranks[1]

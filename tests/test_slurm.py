@@ -33,7 +33,8 @@ pytestmark = pytest.mark.slow
 # checks limits every 30 s and signals up to 30 s early), minus ~10-40 s of start-up, so it can't
 # finish, and the second allocation has the rest to do.
 MAX_TIME_S = 120
-SBATCH = ["--time=2", "--signal=USR1@5", "--cpus-per-task=2"]
+# The test cluster has no GPUs: clear the script's GPU request (command-line options win).
+SBATCH = ["--time=2", "--signal=USR1@5", "--cpus-per-task=2", "--gpus-per-node=0"]
 RUN_NAME = "slurm-test"
 
 

@@ -65,3 +65,20 @@ def test_batch_size_auto_resume_reuses_the_found_size(tmp_path):
     dm = SimpleNamespace(batch_size=2, eval_batch_size=2)
     assert auto_batch_size(None, None, dm, 256, tmp_path, resuming=True) == 64
     assert dm.batch_size == 64 and dm.eval_batch_size == 64
+
+
+def test_batch_size_auto_with_the_feature_cache(tmp_path):
+    # freeze=backbone turns the feature cache on: its loaders must not see the literal "auto".
+    data = make_dataset(tmp_path / "data", counts={"train": 4, "val": 2, "test": 2})
+    cfg = make_cfg(
+        tmp_path / "run",
+        data,
+        "freeze=backbone",
+        "cache.views=1",
+        "data.batch_size=auto",
+        "data.max_batch_size=4",
+    )
+    _, objects = train(cfg)
+    dm = objects["datamodule"]
+    assert type(dm).__name__ == "FeatureDataModule"
+    assert dm.batch_size == 4 and dm.eval_batch_size == 4

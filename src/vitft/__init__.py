@@ -4,6 +4,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from vitft.weights import weights_dir
+
 __version__ = "0.1.0"
 
 
@@ -22,4 +24,5 @@ def _run_dir_name(run_name: str | None) -> str:
 
 
 OmegaConf.register_new_resolver("vitft_root", _project_root, replace=True)
+OmegaConf.register_new_resolver("vitft_weights", weights_dir, replace=True)
 OmegaConf.register_new_resolver("vitft_run_dir", _run_dir_name, replace=True, use_cache=True)

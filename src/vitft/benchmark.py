@@ -6,12 +6,14 @@ shared CPU slows every format alike); figures are medians over rounds, warm-up e
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +45,29 @@ COLUMNS = [
     "gflops",
     "threads",
 ]
+
+
+CUDA_DTYPES = {"pytorch_cuda": torch.float32, "pytorch_cuda_fp16": torch.half}
+
+
+def torch_runners(
+    model: torch.nn.Module, device: str, dtypes: dict[str, torch.dtype]
+) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+    """One predict function per dtype, each with its own copy of ``model`` on ``device``
+    (``Module.to(dtype)`` converts in place: a shared module would end up in the last dtype)."""
+    runners = {}
+    for name, dtype in dtypes.items():
+        m = copy.deepcopy(model).to(device=device, dtype=dtype).eval()
+
+        def predict(x: np.ndarray, m=m, dtype=dtype) -> np.ndarray:
+            with torch.inference_mode():
+                out = m(torch.from_numpy(x).to(device, dtype)).float().cpu().numpy()
+            if torch.device(device).type == "cuda":
+                torch.cuda.synchronize()  # the timed call ends when the GPU is done
+            return out
+
+        runners[name] = predict
+    return runners
 
 
 def model_cost(model: torch.nn.Module, image_size: list[int]) -> tuple[float, float]:
@@ -119,17 +144,8 @@ def benchmark(cfg: DictConfig) -> list[dict]:
 
     runners: dict[str, tuple] = {"pytorch": (*load_exported(model_dir, threads), model_dir)}
     if cfg.device == "cuda":
-        gpu = model.cuda().eval()
-        for name, dtype in (("pytorch_cuda", torch.float32), ("pytorch_cuda_fp16", torch.half)):
-            m = gpu.to(dtype)
-
-            def run_gpu(x, m=m, dtype=dtype):
-                with torch.inference_mode():
-                    out = m(torch.from_numpy(x).cuda().to(dtype)).float().cpu().numpy()
-                torch.cuda.synchronize()
-                return out
-
-            runners[name] = (run_gpu, {"format": "pytorch", "file": ""}, model_dir)
+        for name, predict in torch_runners(model, "cuda", CUDA_DTYPES).items():
+            runners[name] = (predict, {"format": "pytorch", "file": ""}, model_dir)
     for fmt in cfg.formats:
         predict, meta = load_exported(export_dir / fmt, threads)
         runners[fmt] = (predict, meta, export_dir / fmt)

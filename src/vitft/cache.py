@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 CACHE_FORMAT = 2
 DTYPES = ("float16", "float32")
 IDENTITIES = ("stat", "content")
+BUILD_BATCH = 64  # images per forward pass while building an entry
 
 
 def use_cache(cache_cfg: Any, freeze_cfg: Any) -> bool:
@@ -156,7 +157,7 @@ class FeatureCache:
         views: int = 4,
         dtype: str = "float16",
         identity: str = "stat",
-        batch_size: int = 64,
+        batch_size: int = BUILD_BATCH,
         num_workers: int = 0,
     ):
         if int(views) < 1:
@@ -337,6 +338,9 @@ class FeatureDataModule(FolderDataModule):
 
 def build_cache(cache_cfg: Any, model: nn.Module, processor: Any, data_cfg: Any) -> FeatureCache:
     """The FeatureCache of ``cache_cfg`` (conf/cache/); builds use the data loader settings."""
+    # With data.batch_size=auto the eval batch is not known before the Tuner has run; building
+    # the cache is inference only, so it uses the cache's own default then.
+    eval_batch = data_cfg.eval_batch_size
     return FeatureCache(
         model,
         processor,
@@ -344,6 +348,6 @@ def build_cache(cache_cfg: Any, model: nn.Module, processor: Any, data_cfg: Any)
         views=cache_cfg.get("views", 4),
         dtype=cache_cfg.get("dtype", "float16"),
         identity=cache_cfg.get("identity", "stat"),
-        batch_size=data_cfg.eval_batch_size,
+        batch_size=eval_batch if isinstance(eval_batch, int) else BUILD_BATCH,
         num_workers=data_cfg.num_workers,
     )

@@ -32,6 +32,7 @@ from lightning.pytorch.callbacks import BaseFinetuning
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
+from vitft.distributed import check_staged_strategy, keep_unused_frozen, resync_ddp, trainable
 from vitft.errors import VitftError
 from vitft.models.backbone import backbone_parts
 from vitft.models.classifier import ImageClassifier
@@ -122,6 +123,7 @@ class Freeze(BaseFinetuning):
         elif self.name == "lora":
             for name, p in model.backbone.named_parameters():
                 p.requires_grad = "lora_" in name
+        keep_unused_frozen(model)
 
     def freeze_before_training(self, pl_module) -> None:
         self.apply(pl_module.model)
@@ -144,7 +146,13 @@ class Freeze(BaseFinetuning):
     def _unfreeze(self, modules: list[nn.Module], optimizer, pl_module) -> None:
         lr = optimizer.param_groups[0]["lr"] * self.backbone_lr_ratio
         before = len(optimizer.param_groups)
-        self.unfreeze_and_add_param_group(modules, optimizer, lr=lr, train_bn=False)
+        # BaseFinetuning.unfreeze_and_add_param_group, with unused parameters kept out.
+        self.make_trainable(modules)
+        keep_unused_frozen(pl_module.model)
+        params = self.filter_params(modules, train_bn=False, requires_grad=True)
+        params = self.filter_on_optimizer(optimizer, params)
+        if params:
+            optimizer.add_param_group({"params": params, "lr": lr})
         self._extend_schedules(pl_module.trainer, optimizer)
         if len(optimizer.param_groups) > before:
             rank_zero_info(f"freeze={self.name}: unfroze {len(modules)} module(s), lr={lr:.2e}")
@@ -152,6 +160,12 @@ class Freeze(BaseFinetuning):
 
     def finetune_function(self, pl_module, current_epoch: int, optimizer) -> None:
         model = pl_module.model
+        before = trainable(model)
+        self._finetune(model, current_epoch, optimizer, pl_module)
+        if trainable(model) != before:  # also on resume: requires_grad is restored here
+            resync_ddp(pl_module.trainer)
+
+    def _finetune(self, model, current_epoch: int, optimizer, pl_module) -> None:
         if self.name == "freeze_unfreeze" and current_epoch >= self.unfreeze_epoch:
             self._unfreeze([model.backbone], optimizer, pl_module)
         elif self.name == "unfreeze_milestones":
@@ -162,6 +176,8 @@ class Freeze(BaseFinetuning):
 
     def on_fit_start(self, trainer, pl_module) -> None:
         super().on_fit_start(trainer, pl_module)  # on resume: restores the added param groups
+        if self.name in STAGED:
+            check_staged_strategy(trainer, self.name)
         for optimizer in trainer.optimizers:
             self._extend_schedules(trainer, optimizer)
         counts = parameter_counts(pl_module.model)

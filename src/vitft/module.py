@@ -88,6 +88,26 @@ def build_optimizer(opt_cfg: dict, model: ImageClassifier) -> torch.optim.Optimi
     return instantiate(opt_cfg)(params=groups)
 
 
+def build_scheduler(sched_cfg: dict | None, optimizer: torch.optim.Optimizer, trainer: L.Trainer):
+    """Lightning's optimizer config: conf/scheduler/'s schedule, stepped every optimizer step."""
+    if not sched_cfg:
+        return optimizer
+    total = trainer.estimated_stepping_batches
+    if not math.isfinite(total):
+        raise ValueError("a scheduler needs trainer.max_epochs or trainer.max_steps to be set")
+    epochs = max(1, trainer.max_epochs or 1)
+    warmup = round(float(sched_cfg.get("warmup_epochs", 0)) * total / epochs)
+    schedule = instantiate(sched_cfg["schedule"])
+    accepted = inspect.signature(schedule.func).parameters
+    kwargs = {"num_warmup_steps": min(warmup, int(total)), "num_training_steps": int(total)}
+    kwargs = {k: v for k, v in kwargs.items() if k in accepted}
+    scheduler = schedule(optimizer=optimizer, **kwargs)
+    return {
+        "optimizer": optimizer,
+        "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+    }
+
+
 class ClassifierModule(L.LightningModule):
     def __init__(
         self,
@@ -211,23 +231,7 @@ class ClassifierModule(L.LightningModule):
 
     def configure_optimizers(self):
         optimizer = build_optimizer(self.hparams.optimizer, self.model)
-        sched_cfg = self.hparams.scheduler
-        if not sched_cfg:
-            return optimizer
-        total = self.trainer.estimated_stepping_batches
-        if not math.isfinite(total):
-            raise ValueError("a scheduler needs trainer.max_epochs or trainer.max_steps to be set")
-        epochs = max(1, self.trainer.max_epochs or 1)
-        warmup = round(float(sched_cfg.get("warmup_epochs", 0)) * total / epochs)
-        schedule = instantiate(sched_cfg["schedule"])
-        accepted = inspect.signature(schedule.func).parameters
-        kwargs = {"num_warmup_steps": min(warmup, int(total)), "num_training_steps": int(total)}
-        kwargs = {k: v for k, v in kwargs.items() if k in accepted}
-        scheduler = schedule(optimizer=optimizer, **kwargs)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
-        }
+        return build_scheduler(self.hparams.scheduler, optimizer, self.trainer)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Enough to rebuild the plain model from the checkpoint alone (eval, export).

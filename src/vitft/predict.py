@@ -265,10 +265,11 @@ class Predictor:
                 getattr(img, "filename", "") if isinstance(img, Image.Image) else str(img)
                 for img in chunk
             ]
-            out += self._records(names, probs, [ms] * len(chunk))
+            out += self.records(names, probs, [ms] * len(chunk))
         return out
 
-    def _records(self, paths: list[str], probs: torch.Tensor, ms: list[float]) -> list[Prediction]:
+    def records(self, paths: list[str], probs: torch.Tensor, ms: list[float]) -> list[Prediction]:
+        """One Prediction per row of ``probs`` (labels, reject option, latency)."""
         conf, idx, reject = self._decide(probs)
         return [
             Prediction(
@@ -311,7 +312,7 @@ class Predictor:
             t0 = time.perf_counter()
             probs = self.probabilities(torch.stack([it[1] for it in good]))
             share = (time.perf_counter() - t0) * 1000 / len(good)
-            results.predictions += self._records(
+            results.predictions += self.records(
                 [str(paths[it[0]]) for it in good], probs, [it[3] + share for it in good]
             )
         for b in results.bad_files:

@@ -7,6 +7,7 @@ the run offline and the log says how to ``wandb sync`` it later.
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import netrc
 import os
@@ -155,3 +156,54 @@ def finish() -> None:
 
         if wandb.run is not None:
             wandb.finish()
+
+
+def epoch_history(metrics_csv: str | Path) -> dict[str, tuple]:
+    """``{metric: (epochs, values)}`` from the CSV logger's metrics.csv (last value per epoch)."""
+    import numpy as np
+
+    per_metric: dict[str, dict[int, float]] = {}
+    with open(metrics_csv, newline="") as f:
+        for row in csv.DictReader(f):
+            if not row.get("epoch"):
+                continue
+            epoch = int(float(row["epoch"]))
+            for key, value in row.items():
+                if key in ("epoch", "step") or value in ("", None) or "/" not in key:
+                    continue
+                per_metric.setdefault(key, {})[epoch] = float(value)
+    return {
+        k: (np.array(sorted(v)), np.array([v[e] for e in sorted(v)])) for k, v in per_metric.items()
+    }
+
+
+def log_to_wandb(loggers: list[Logger], model_dir: Path, metrics_csv: Path, aliases: list[str]):
+    """With a W&B logger: the model dir as a ``model`` artifact, and the curves as figures."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    wandb_loggers = [lg for lg in loggers if isinstance(lg, WandbLogger)]
+    if not wandb_loggers:
+        return None
+    import matplotlib.pyplot as plt
+    import wandb
+
+    from vitft.report.plots import training_curves
+
+    run = wandb_loggers[0].experiment
+    if Path(metrics_csv).is_file():
+        history = epoch_history(metrics_csv)
+        if history:
+            fig = training_curves(history, "epoch")
+            run.log({"curves/training": wandb.Image(fig)})
+            plt.close(fig)
+    artifact = wandb.Artifact(
+        name=f"model-{run.id}",
+        type="model",
+        description="vitft model dir (HF format, processor, model card)",
+        metadata=json.loads((model_dir / "vitft.json").read_text())
+        if (model_dir / "vitft.json").is_file()
+        else {},
+    )
+    artifact.add_dir(str(model_dir))
+    run.log_artifact(artifact, aliases=aliases)
+    return artifact

@@ -31,8 +31,12 @@ from vitft.distill import load_teacher
 from vitft.errors import VitftError
 from vitft.export.hf import save_hf
 from vitft.freeze import build_freeze
+from vitft.hardware import resolve_precision
+from vitft.modelio.card import write_card
+from vitft.modelio.hub import push_model_dir
 from vitft.models.classifier import build_model
 from vitft.module import ClassifierModule
+from vitft.run.provenance import write_provenance
 from vitft.seeding import StepSeed
 
 log = logging.getLogger(__name__)
@@ -144,6 +148,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     # rank 0 writes the run dir (config, fresh-start cleanup, checkpoints, logs, export).
     if rank_zero_only.rank == 0:
         (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
+        provenance = write_provenance(output_dir, cfg.model, splits)
         if not ckpt_path:
             _start_fresh(output_dir)
     rid = tracking.run_id(output_dir, ckpt_path)
@@ -168,6 +173,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     loggers = tracking.build_loggers(cfg.get("logger"), output_dir, rid, resolved)
     trainer: L.Trainer = instantiate(
         cfg.trainer,
+        precision=resolve_precision(cfg.trainer.get("precision"), cfg.trainer.get("accelerator")),
         # Under SLURM (scripts/slurm), Lightning writes hpc_ckpt_N.ckpt on SIGUSR1; once fit ends
         # they are deleted, else validate/test below would load them instead of `best`.
         callbacks=[*callbacks, checkpoints.SpentHpcCheckpoints()],
@@ -181,14 +187,14 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     if cfg.get("train", True):
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     elif ckpt_path:
-        module.load_state_dict(torch.load(ckpt_path, weights_only=True)["state_dict"])
+        # Onto the CPU: the checkpoint may come from a GPU (or another rank's GPU); the Trainer
+        # moves the module to this process's device.
+        module.load_state_dict(checkpoints.read_checkpoint(ckpt_path)["state_dict"])
 
     best = next((cb.best_model_path for cb in callbacks if isinstance(cb, ModelCheckpoint)), "")
     if best and cfg.get("train", True):
         # Validate, test and export the best checkpoint, not the last epoch's weights.
-        module.load_state_dict(
-            torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
-        )
+        module.load_state_dict(checkpoints.read_checkpoint(best)["state_dict"])
     metrics: dict[str, float] = {}
     metrics.update(_scalars(trainer.validate(module, datamodule=datamodule, verbose=False)))
     if cfg.get("test", True):
@@ -225,6 +231,16 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
             },
         )
         (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        write_card(
+            output_dir / "model",
+            task=cfg.task.get("name"),
+            classes=splits.classes,
+            metrics=metrics,
+            config=resolved,
+            provenance=provenance,
+        )
+        tracking.log_to_wandb(loggers, output_dir / "model", output_dir / "metrics.csv", ["best"])
+        push_model_dir(output_dir / "model", cfg.get("hub"))
         log.info("run dir: %s", output_dir)
     return metrics, {
         "trainer": trainer,

@@ -32,6 +32,16 @@ AUGMENT_PRESETS = {
         A.OneOf([A.GaussianBlur(blur_limit=(3, 5)), A.MotionBlur(blur_limit=(3, 5))], p=0.2),
         A.GaussNoise(std_range=(0.02, 0.06), p=0.2),
     ],
+    # Supervised pretraining on formula-driven images (one or two per class): the augmentation
+    # is what makes the instances of a class, so it is strong (OFDB, Nakamura et al. 2023).
+    "formula": lambda: [
+        A.Affine(scale=(0.5, 1.5), rotate=(-180, 180), translate_percent=(-0.15, 0.15), p=1.0),
+        A.HorizontalFlip(p=0.5),
+        A.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1, p=0.8),
+        A.ToGray(p=0.2),
+        A.OneOf([A.GaussianBlur(blur_limit=(3, 5)), A.MotionBlur(blur_limit=(3, 5))], p=0.3),
+        A.GaussNoise(std_range=(0.02, 0.08), p=0.3),
+    ],
 }
 
 

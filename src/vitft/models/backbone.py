@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 import transformers
 from omegaconf import OmegaConf
 from torch import nn
@@ -25,6 +26,7 @@ from transformers import (
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
 
 from vitft.errors import VitftError
+from vitft.weights import check_sha256
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +89,8 @@ def _offline_error(source: str, err: Exception) -> VitftError:
         f"{'is disabled (HF_HUB_OFFLINE=1)' if offline else 'could not be reached'} with no cached "
         "copy. Fixes: run once with network access to fill the HF cache (then HF_HUB_OFFLINE=1 "
         "works), or point model.pretrained=/path/to/local/hf_dir at a mirrored copy, or use "
-        f"model=vit_tiny for an offline model with random weights. ({type(err).__name__}: "
+        "model=vit_fractal, vitft's shipped offline backbone (pretrained on formula-driven "
+        f"images, no download). ({type(err).__name__}: "
         f"{str(err).splitlines()[0] if str(err) else ''})"
     )
 
@@ -136,13 +139,19 @@ def load_backbone(model_cfg: dict, labels: list[str]) -> tuple[PreTrainedModel, 
                 "a directory written by save_pretrained (config.json + model.safetensors)"
             )
         source = str(local) if local.exists() else source
+        if model_cfg.get("sha256"):
+            check_sha256(local, str(model_cfg["sha256"]))
         try:
             from vitft.export.prune import load_pruned  # a head-pruned vitft model dir
 
             model = (
                 load_pruned(source, **_label_kwargs(labels)) if local.exists() else None
             ) or AutoModelForImageClassification.from_pretrained(
-                source, ignore_mismatched_sizes=True, **_label_kwargs(labels), **extra
+                source,
+                ignore_mismatched_sizes=True,
+                dtype=torch.float32,  # transformers 5 would keep fp16 weights' dtype
+                **_label_kwargs(labels),
+                **extra,
             )
             processor = AutoImageProcessor.from_pretrained(source)
         except pickle.UnpicklingError as err:

@@ -153,3 +153,18 @@ def heatmap_figure(
             ax.axis("off")
     fig.tight_layout()
     return fig
+
+
+def training_curves(history: dict[str, tuple[np.ndarray, np.ndarray]], x_label: str) -> Figure:
+    """One panel per metric (``loss``, ``acc`` ...), one line per split (``train/loss`` ...)."""
+    names = sorted({key.partition("/")[2] or key for key in history})
+    fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.6), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        for key, (x, y) in sorted(history.items()):
+            if (key.partition("/")[2] or key) == name:
+                ax.plot(x, y, marker="o", ms=3, label=key.partition("/")[0] or key)
+        ax.set(xlabel=x_label, title=name)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,5 @@
+"""``python -m vitft <command> ...``: the same as the ``vitft`` console command."""
+
+from vitft.apps.console import main
+
+main()

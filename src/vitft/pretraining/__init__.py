@@ -1,0 +1,1 @@
+"""Pretraining a backbone without labels (MAE, DINO) and on formula-driven images."""
