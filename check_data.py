@@ -6,7 +6,7 @@ import hydra
 from omegaconf import DictConfig
 
 import vitft  # noqa: F401  (registers the config resolvers)
-from vitft.data.doctor import run
+from vitft.data.check import run
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="check_data")

@@ -10,6 +10,10 @@ The output is committed so that the quickstart and the tests run on real files i
 * ``defect_masks/{split}/{crack,dent}/<same stem>.png`` -- binary masks (mode ``L``, 0/255) of
   where each defect was drawn, used to check that explainability heatmaps land on the defect.
   They live outside ``defect/`` so they are never scanned as training images.
+* ``defect_multilabel/images/part_*.jpg`` + ``labels.csv`` (``path,labels``) -- multi-label
+  inspection: the same surfaces showing none, one or both of ``crack`` and ``dent`` (an empty
+  ``labels`` cell: no defect), 24 parts of each combination, no split column (vitft carves
+  val/test by iterative stratification).
 * ``pest/{train,val,test}/{healthy,aphids,leaf_spot,rust}/*.jpg`` -- a leaf on soil or on a
   grey bench; ``aphids`` adds clusters of small dark insects, ``leaf_spot`` brown lesions with a
   yellow halo, ``rust`` many small orange-brown pustules.
@@ -43,7 +47,9 @@ JPEG_QUALITY = 90
 SPLITS: dict[str, int] = {"train": 40, "val": 15, "test": 15}
 DEFECT_CLASSES = ("normal", "crack", "dent")
 PEST_CLASSES = ("healthy", "aphids", "leaf_spot", "rust")
-OWNED_DIRS = ("defect", "defect_masks", "pest")
+OWNED_DIRS = ("defect", "defect_masks", "defect_multilabel", "pest")
+MULTILABEL_COMBOS = ((), ("crack",), ("dent",), ("crack", "dent"))
+MULTILABEL_PER_COMBO = 24
 
 # Pixel-centre coordinates shared by all renderers: XX[y, x] == x, YY[y, x] == y.
 YY, XX = np.mgrid[0:SIZE, 0:SIZE].astype(np.float64)
@@ -261,6 +267,30 @@ def defect_image(rng: Rng, cls: str) -> tuple[Image.Image, Image.Image | None]:
     return finish(rng, img), None if mask is None else Image.fromarray(mask)
 
 
+def multilabel_part(rng: Rng, defects: tuple[str, ...]) -> Image.Image:
+    """A surface with each of ``defects`` drawn on it (crack and dent may overlap)."""
+    img = surface(rng)
+    for name in defects:
+        {"crack": draw_crack, "dent": draw_dent}[name](rng, img)
+    img *= illumination(rng)
+    return finish(rng, img)
+
+
+def generate_multilabel(out: Path, seed: int = 0) -> list[Path]:
+    """``out/defect_multilabel``: images and a labels.csv manifest (relative paths)."""
+    root = out / "defect_multilabel"
+    rows, written = [], []
+    for i in range(MULTILABEL_PER_COMBO * len(MULTILABEL_COMBOS)):
+        defects = MULTILABEL_COMBOS[i % len(MULTILABEL_COMBOS)]
+        rng = np.random.default_rng([seed, 2, i])
+        path = root / "images" / f"part_{i:04d}.jpg"
+        _save_jpeg(multilabel_part(rng, defects), path)
+        rows.append(f"images/{path.name},{';'.join(defects)}")
+        written.append(path)
+    (root / "labels.csv").write_text("path,labels\n" + "\n".join(rows) + "\n")
+    return [*written, root / "labels.csv"]
+
+
 # --------------------------------------------------------------------------------------------
 # Pest dataset: leaves
 # --------------------------------------------------------------------------------------------
@@ -471,7 +501,7 @@ def _save_png(img: Image.Image, path: Path) -> None:
 
 
 def generate(out: Path, seed: int = 0) -> list[Path]:
-    """(Re)create ``defect/``, ``defect_masks/`` and ``pest/`` under ``out``; return the files."""
+    """(Re)create the sample datasets (OWNED_DIRS) under ``out``; return the files."""
     for name in OWNED_DIRS:
         shutil.rmtree(out / name, ignore_errors=True)
     written: list[Path] = []
@@ -491,7 +521,7 @@ def generate(out: Path, seed: int = 0) -> list[Path]:
                 rng = np.random.default_rng([seed, 1, s_id, c_id, i])
                 written.append(out / "pest" / split / cls / f"{cls}_{split}_{i:04d}.jpg")
                 _save_jpeg(pest_image(rng, cls), written[-1])
-    return written
+    return written + generate_multilabel(out, seed)
 
 
 def main(argv: list[str] | None = None) -> None:

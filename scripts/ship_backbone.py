@@ -11,6 +11,7 @@ checks before every load.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import re
 import shutil
@@ -22,6 +23,7 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification
 from vitft.pretraining.encoder import save_encoder
 
 ROOT = Path(__file__).resolve().parents[1]
+LOG_COLUMNS = ("epoch", "step", "train/loss", "train/acc", "val/loss", "val/acc")
 
 
 def main() -> None:
@@ -35,6 +37,7 @@ def main() -> None:
     hf_model = AutoModelForImageClassification.from_pretrained(model_dir, dtype=torch.float32)
     processor = AutoImageProcessor.from_pretrained(model_dir)
     summary = json.loads((args.run / "summary.json").read_text())
+    last = torch.load(args.run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     out = ROOT / "src" / "vitft" / "weights" / args.name
     if out.exists():
         shutil.rmtree(out)
@@ -43,13 +46,18 @@ def main() -> None:
         "method": "supervised classification of formula-driven images (vitft.pretraining.formula)",
         "recipe": args.recipe,
         "pretraining_classes": len(summary["classes"]),
-        "epochs": summary["epochs"],
-        "global_step": summary["global_step"],
-        "metrics": {k: v for k, v in summary.items() if k.startswith(("val/", "test/"))},
+        "epochs": last["epoch"] + 1,
+        "global_step": last["global_step"],
+        "metrics": {k: v for k, v in summary.items() if k.endswith(("/acc", "/loss"))},
         "parameters": sum(p.numel() for p in hf_model.base_model.parameters()),
     }
     save_encoder(hf_model.base_model, processor, out, info, dtype=torch.float16)
-    shutil.copy(args.run / "metrics.csv", out / "training_log.csv")
+    with open(args.run / "metrics.csv") as src, open(out / "training_log.csv", "w") as dst:
+        rows = csv.DictReader(src)
+        keep = [k for k in rows.fieldnames if k in LOG_COLUMNS or k.startswith("lr-")]
+        writer = csv.DictWriter(dst, keep, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(r for r in rows if any(r[k] for k in keep if k not in ("epoch", "step")))
     shutil.copy(args.run / "config.yaml", out / "training_config.yaml")
     digest = json.loads((out / "pretraining.json").read_text())["weights_sha256"]
 

@@ -84,3 +84,23 @@ def make_cfg(output_dir: Path, data_dir: Path | None, *overrides: str) -> DictCo
         # Feature caches of tests stay in the test's tmp dir, never in the repo.
         cfg.cache.dir = str(Path(output_dir).parent / "feature_cache")
     return cfg
+
+
+MULTI_CLASSES = ("scratch", "stain")
+
+
+def make_multilabel_manifest(root: Path, n: int = 40, seed: int = 0) -> Path:
+    """root/images/*.png + root/labels.csv (path,labels): none, one or both of MULTI_CLASSES,
+    each class a bright colour channel of its own, so a tiny model can learn them."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    rows = ["path,labels"]
+    for i in range(n):
+        present = [c for k, c in enumerate(MULTI_CLASSES) if (i >> k) & 1]
+        arr = rng.integers(0, 90, size=(32, 32, 3)).astype(np.uint8)
+        for c in present:
+            arr[..., MULTI_CLASSES.index(c)] += 150
+        Image.fromarray(arr).save(root / "images" / f"img_{i:03d}.png")
+        rows.append(f"images/img_{i:03d}.png,{';'.join(present)}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return root / "labels.csv"

@@ -51,10 +51,11 @@ def test_option_composes_and_instantiates(tmp_path, tiny_data, group, option):
     classes = ["blue", "green", "red"]
 
     if group == "task":
-        from vitft.data.folder import scan_dataset
+        from vitft.data.sources import scan_data
 
-        splits = scan_dataset(cfg.data.data_dir, cfg.data.classes)
+        splits = scan_data(cfg.data, cfg.task.multilabel)
         assert len(splits.train) > 0 and len(splits.val) > 0 and len(splits.test) > 0
+        assert splits.multilabel is (option == "defect_multilabel")
     elif group == "model":
         if cfg.model.pretrained:
             # The hub id is loaded by the same from_pretrained call as a local dir; that path is

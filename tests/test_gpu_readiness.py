@@ -3,6 +3,8 @@ devices, SLURM environments. (The GPU itself: scripts/gpu_check.py.)"""
 
 from __future__ import annotations
 
+import os
+from types import SimpleNamespace
 from unittest import mock
 
 import numpy as np
@@ -13,6 +15,10 @@ import torch.serialization
 from tests.conftest import TINY_VIT_CONFIG, make_cfg
 from vitft import hardware
 from vitft.benchmark import torch_runners
+from vitft.data.datamodule import FolderDataModule
+from vitft.data.folder import scan_dataset
+from vitft.errors import VitftError
+from vitft.export import runtime
 from vitft.models.classifier import build_model
 from vitft.train import train
 
@@ -79,3 +85,44 @@ def test_precision_auto_on_gpus(monkeypatch):
     with mock.patch.object(torch, "set_float32_matmul_precision") as tf32:
         assert hardware.resolve_precision("16-mixed", "gpu") == "16-mixed"
     tf32.assert_called_once_with("high")
+
+
+def test_loader_workers_follow_the_cpus_and_slurm(monkeypatch, tiny_data):
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(32)), raising=False)
+    assert hardware.auto_workers(local_processes=4) == 7  # 32 CPUs shared by 4 GPU processes
+    assert hardware.auto_workers(local_processes=1) == hardware.MAX_WORKERS
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "6")  # srun: one task (and its CPUs) per GPU
+    assert hardware.auto_workers(local_processes=4) == 5
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK")
+    assert hardware.loader_options("auto", "auto", True)["num_workers"] == 0  # one CPU: none
+
+    # pinning follows the trainer's device; explicit values are kept
+    splits = scan_dataset(tiny_data, None, 0.0, 0.0, 0)
+    _, processor = build_model({"config": TINY_VIT_CONFIG}, {"name": "linear"}, splits.classes)
+    dm = FolderDataModule(splits, processor, num_workers="auto", pin_memory="auto")
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "4")
+    assert dm.loader_kwargs == {"num_workers": 3, "pin_memory": False, "persistent_workers": False}
+    gpu = torch.device("cuda", 0)
+    dm.trainer = SimpleNamespace(num_devices=2, strategy=SimpleNamespace(root_device=gpu))
+    assert dm.loader_kwargs["pin_memory"] is True
+    explicit = FolderDataModule(splits, processor, pin_memory=False)
+    assert explicit.loader_kwargs["pin_memory"] is False
+    with pytest.raises(VitftError, match="data.num_workers"):
+        FolderDataModule(splits, processor, num_workers="many")
+
+
+def test_ort_providers_follow_the_device(caplog):
+    trt, cuda, cpu = runtime.GPU_PROVIDERS + (runtime.CPU_PROVIDER,)
+    everything = [trt, cuda, cpu]
+    assert runtime.ort_providers("cpu", everything) == [cpu]
+    assert runtime.ort_providers("cuda", everything) == [trt, cuda, cpu]
+    assert runtime.ort_providers("cuda", [cuda, cpu]) == [cuda, cpu]
+    assert runtime.ort_providers("auto", [cpu]) == [cpu]
+    assert "no GPU provider" not in caplog.text  # auto on a CPU machine: no warning
+    with caplog.at_level("WARNING"):
+        assert runtime.ort_providers("cuda", [cpu]) == [cpu]
+    assert "no GPU provider" in caplog.text and "vitft[gpu]" in caplog.text
+    with pytest.raises(VitftError, match="device='tpu'"):
+        runtime.ort_providers("tpu", everything)

@@ -6,11 +6,12 @@ import torch
 
 from tests.conftest import make_cfg
 from vitft.data.datamodule import FolderDataModule
-from vitft.data.folder import scan_dataset
+from vitft.data.folder import DatasetSplits, scan_dataset
 from vitft.export.hf import load_model, save_hf
 from vitft.freeze import build_freeze
 from vitft.models.classifier import build_model
 from vitft.module import ClassifierModule, build_optimizer
+from vitft.multilabel import PROBLEM_TYPE
 from vitft.train import train
 
 TINY = {
@@ -26,9 +27,12 @@ OPT = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-2, "weight_d
 
 
 def fit_steps(tiny_data, freeze_cfg, steps=3, epochs=None):
+    """Train a few steps on a folder (or on ready DatasetSplits, e.g. multi-label ones)."""
     L.seed_everything(0)
-    splits = scan_dataset(tiny_data)
+    splits = tiny_data if isinstance(tiny_data, DatasetSplits) else scan_dataset(tiny_data)
     model, processor = build_model({"config": TINY}, {"name": "linear"}, splits.classes)
+    if splits.multilabel:
+        model.config.problem_type = PROBLEM_TYPE
     cb = build_freeze(freeze_cfg, model)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     module = ClassifierModule(model, optimizer=OPT)

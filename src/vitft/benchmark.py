@@ -23,9 +23,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from vitft.errors import VitftError
 from vitft.export.formats import FORMATS, export
-from vitft.export.hf import load_model
+from vitft.export.hf import load_model, multilabel_facts
 from vitft.export.parity import batched, load_images, parity, run_data
 from vitft.export.runtime import load_exported
+from vitft.multilabel import is_multilabel
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +139,10 @@ def benchmark(cfg: DictConfig) -> list[dict]:
         cfg.data_dir = data["data_dir"]
     _ensure_exports(cfg, model_dir, export_dir)
 
-    images = load_images(data["data_dir"], model.labels, processor, "val", cfg.get("max_images"))
+    multilabel = is_multilabel(model.config)
+    images = load_images(data, model.labels, processor, "val", cfg.get("max_images"), multilabel)
+    facts = multilabel_facts(model_dir, model.labels) if multilabel else {}
+    thresholds = [facts["thresholds"][c] for c in model.labels] if multilabel else None
     size = list(images.x.shape[2:])
     params, gflops = model_cost(model, size)
 
@@ -158,7 +162,7 @@ def benchmark(cfg: DictConfig) -> list[dict]:
     per_call = int(cfg.get("parity_batch_size") or 1)
     rows = {}
     for name, (predict, meta, folder) in runners.items():
-        result = parity(reference, batched(predict, images.x, per_call), images.y)
+        result = parity(reference, batched(predict, images.x, per_call), images.y, thresholds)
         rows[name] = {
             "format": name,
             "status": "ok",

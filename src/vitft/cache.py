@@ -36,6 +36,7 @@ from vitft.data.datamodule import FolderDataModule, ImageDataset, ResumableLoade
 from vitft.data.folder import Sample
 from vitft.data.transforms import ImageTransform
 from vitft.errors import VitftError
+from vitft.hardware import loader_options
 from vitft.seeding import draw_seed
 
 log = logging.getLogger(__name__)
@@ -131,8 +132,9 @@ class FeatureDataset(Dataset):
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
         (idx,), (view,) = self._split([key])
-        return torch.from_numpy(np.array(self.features[view, idx], dtype=np.float32)), int(
-            self.labels[idx]
+        label = self.labels[idx]  # a class index, or a 0/1 row for multi-label data
+        return torch.from_numpy(np.array(self.features[view, idx], dtype=np.float32)), (
+            int(label) if label.ndim == 0 else label
         )
 
     def __getitems__(self, keys: list) -> tuple[torch.Tensor, torch.Tensor]:
@@ -202,7 +204,7 @@ class FeatureCache:
             "dtype": self.dtype,
             "identity": self.identity,
         }
-        files = [[*file_identity(p, self.identity), int(y)] for p, y in samples]
+        files = [[*file_identity(p, self.identity), y] for p, y in samples]
         h = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode())
         h.update(json.dumps(files).encode())
         return h.hexdigest()[:32], parts
@@ -315,6 +317,11 @@ class FeatureDataModule(FolderDataModule):
             self.cached[split] = self.cache.get(self.splits.split(split), augment, device)
         return self.cached[split]
 
+    def prepare_data(self) -> None:
+        # Lightning calls this in one process per node and holds the others at a barrier until
+        # it returns: the entries are built once, and every rank's setup() then finds them.
+        self.setup(self.trainer.state.fn.value if self.trainer is not None else None)
+
     def setup(self, stage: str | None = None) -> None:
         # Build the entries up front, where Lightning expects slow preparation to happen.
         needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
@@ -349,5 +356,5 @@ def build_cache(cache_cfg: Any, model: nn.Module, processor: Any, data_cfg: Any)
         dtype=cache_cfg.get("dtype", "float16"),
         identity=cache_cfg.get("identity", "stat"),
         batch_size=eval_batch if isinstance(eval_batch, int) else BUILD_BATCH,
-        num_workers=data_cfg.num_workers,
+        num_workers=loader_options(data_cfg.num_workers, False)["num_workers"],
     )

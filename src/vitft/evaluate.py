@@ -31,9 +31,11 @@ from torchmetrics.functional.classification import (
 )
 
 from vitft import tracking
-from vitft.data.folder import class_folders, list_images, scan_dataset
+from vitft.data.folder import class_folders, list_images
 from vitft.data.images import load_image
+from vitft.data.sources import scan_data, source_of
 from vitft.errors import VitftError
+from vitft.evaluate_multilabel import evaluate_multilabel, summary_line
 from vitft.predict import Predictor, Results
 from vitft.report import html, plots
 
@@ -116,15 +118,13 @@ def _samples(data: Any, split: str) -> tuple[Path, list[str], list[tuple[Path, i
     """(root, classes, samples): a split of a train/val/test dataset, or, for a folder without
     train/ (e.g. images from a new production line), its class folders as they are."""
     root = Path(data.data_dir).expanduser()
-    if root.is_dir() and not (root / "train").is_dir():
+    if source_of(data) == "folder" and root.is_dir() and not (root / "train").is_dir():
         classes = class_folders(root)
         if not classes:
             raise VitftError(f"{root} has neither train/ nor class folders to evaluate on")
         samples = [(p, i) for i, c in enumerate(classes) for p in list_images(root / c)[0]]
         return root, classes, samples
-    splits = scan_dataset(
-        data.data_dir, data.classes, data.val_fraction, data.test_fraction, data.split_seed
-    )
+    splits = scan_data(data, multilabel=False)
     return splits.root, splits.classes, splits.split(split)
 
 
@@ -216,6 +216,9 @@ def evaluate(cfg: Any) -> dict[str, Any]:
         num_workers=int(data.num_workers),
     )
     labels = predictor.labels
+    if predictor.multilabel:
+        metrics, figures, rows = evaluate_multilabel(cfg, predictor, out_dir)
+        return _publish(cfg, out_dir, metrics, figures, rows, summary_line(metrics))
     root, data_classes, samples = _samples(data, cfg.split)
     to_model = _class_map(data_classes, labels)
     log.info("evaluating on %s (%s): %d images", root, cfg.split, len(samples))
@@ -288,21 +291,23 @@ def evaluate(cfg: Any) -> dict[str, Any]:
         if fig is not None:
             add("heatmaps", fig)
 
-    html.write_report(
-        out_dir / "report.html",
-        metrics,
-        {name: (path, FIGURES[name]) for name, path in figures.items()},
-    )
     rows = [
         [p.path, t, p.predicted, round(p.confidence, 4)]
         for p, t in zip(results.predictions, true_names, strict=True)
     ]
-    _log_wandb(cfg, out_dir, metrics, figures, rows)
     summary = ", ".join(
         f"{k} {metrics[k]:.3f}"
         for k in ("accuracy", "f1_macro", "auroc_macro", "ece")
         if metrics[k] is not None
     )
-    print(f"{cfg.split}: {len(target)} images: {summary}")
+    captioned = {name: (path, FIGURES[name]) for name, path in figures.items()}
+    return _publish(cfg, out_dir, metrics, captioned, rows, summary)
+
+
+def _publish(cfg, out_dir: Path, metrics: dict, figures: dict, rows: list, summary: str) -> dict:
+    """report.html, W&B (logger=wandb) and the console line; ``figures``: {name: (png, caption)}."""
+    html.write_report(out_dir / "report.html", metrics, figures)
+    _log_wandb(cfg, out_dir, metrics, {name: path for name, (path, _) in figures.items()}, rows)
+    print(f"{cfg.split}: {metrics['images']} images: {summary}")
     print(f"report: {out_dir / 'report.html'}")
     return metrics

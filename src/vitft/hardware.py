@@ -1,6 +1,7 @@
 """What the machine decides: CPU flags, the training precision, data loader processes.
 
-Imports nothing of vitft: training, deploy, the benchmarks and scripts/gpu_check.py share it.
+Imports nothing of vitft but its errors: training, deploy, the benchmarks and
+scripts/gpu_check.py share it.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ import logging
 import os
 
 import torch
+
+from vitft.errors import VitftError
 
 log = logging.getLogger(__name__)
 
@@ -107,3 +110,27 @@ def cpus_per_process(local_processes: int = 1) -> int:
 def auto_workers(local_processes: int = 1) -> int:
     """Loader processes: one CPU is left to the training process itself."""
     return max(0, min(MAX_WORKERS, cpus_per_process(local_processes) - 1))
+
+
+def loader_options(
+    num_workers: int | str,
+    pin_memory: bool | str,
+    persistent_workers: bool = False,
+    local_processes: int = 1,
+    device: str = "cpu",
+) -> dict:
+    """DataLoader options for ``data.num_workers`` / ``data.pin_memory`` (``auto``: from the CPUs
+    of this process and whether batches go to a CUDA GPU)."""
+    if num_workers == AUTO:
+        num_workers = auto_workers(local_processes)
+    elif isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise VitftError(f"data.num_workers={num_workers!r} must be auto or an integer >= 0")
+    if pin_memory == AUTO:
+        pin_memory = device == "cuda"
+    elif not isinstance(pin_memory, bool):
+        raise VitftError(f"data.pin_memory={pin_memory!r} must be auto, true or false")
+    return {
+        "num_workers": num_workers,
+        "pin_memory": pin_memory,
+        "persistent_workers": bool(persistent_workers) and num_workers > 0,
+    }

@@ -15,12 +15,13 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from torchmetrics import MeanMetric
+from torchmetrics.classification import MultilabelPrecisionRecallCurve
 
 from vitft.distill import kd_loss
-from vitft.metrics import build_confusion, build_metrics, flatten
+from vitft.metrics import BatchMean, build_confusion, build_metrics, flatten
 from vitft.models.backbone import backbone_parts
 from vitft.models.classifier import ImageClassifier
+from vitft.multilabel import DEFAULT_THRESHOLD, curve_ap, is_multilabel, tune_from_curve
 
 # Parameters that never get weight decay besides norms and biases (timm's rule: all 1-d params).
 NO_DECAY_NAMES = ("cls_token", "position_embeddings", "pos_embed", "mask_token", "register_tokens")
@@ -139,23 +140,37 @@ class ClassifierModule(L.LightningModule):
         self.param_counts: dict[str, int] = {}
         loss = self.hparams.loss
         weight = torch.tensor(class_weights, dtype=torch.float) if class_weights else None
-        self.criterion = nn.CrossEntropyLoss(
-            weight=weight, label_smoothing=float(loss.get("label_smoothing", 0.0))
-        )
+        self.label_smoothing = float(loss.get("label_smoothing", 0.0))
         n = model.config.num_labels
+        # Multi-label: one sigmoid per class, BCE with class_weights as positive weights.
+        self.multilabel = is_multilabel(model.config)
+        if self.multilabel:
+            self.criterion = nn.BCEWithLogitsLoss(pos_weight=weight)
+        else:
+            self.criterion = nn.CrossEntropyLoss(
+                weight=weight, label_smoothing=self.label_smoothing
+            )
         self.mix = build_mix(loss.get("mixup_alpha", 0.0), loss.get("cutmix_alpha", 0.0), n)
         # nn.ModuleDict keys can't be "train" (a Module method): one attribute per stage.
-        self.train_metrics = build_metrics(n, "train/")
-        self.val_metrics = build_metrics(n, "val/")
-        self.test_metrics = build_metrics(n, "test/")
-        self.val_confusion = build_confusion(n)
-        self.test_confusion = build_confusion(n)
+        self.train_metrics = build_metrics(n, "train/", self.multilabel)
+        self.val_metrics = build_metrics(n, "val/", self.multilabel)
+        self.test_metrics = build_metrics(n, "test/", self.multilabel)
+        self.val_confusion = build_confusion(n, self.multilabel)
+        self.test_confusion = build_confusion(n, self.multilabel)
+        # Multi-label val/test: every score, for average precision and the val-tuned thresholds.
+        if self.multilabel:
+            self.val_curve = MultilabelPrecisionRecallCurve(n)
+            self.test_curve = MultilabelPrecisionRecallCurve(n)
+        # Decision thresholds per class (multi-label); not weights, so not in the state dict.
+        self.register_buffer("thresholds", torch.full((n,), DEFAULT_THRESHOLD), persistent=False)
+        # The F1-maximising thresholds of the last validation (None: a class without positives).
+        self.tuned_thresholds: list[float | None] = []
         # Epoch-mean losses are torchmetrics too, synchronised in _epoch_end like the others. With
         # self.log(loss, sync_dist=True) per step, DDP deadlocked: rank 0's progress bar reduces
         # the logged loss in on_train_epoch_end (callbacks run before the module's hook) while
         # the other ranks, whose bars are off, are already gathering metrics in _epoch_end.
-        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
-        self.train_kd_loss = MeanMetric()
+        self.train_loss, self.val_loss, self.test_loss = BatchMean(), BatchMean(), BatchMean()
+        self.train_kd_loss = BatchMean()
         # Last computed confusion matrices (rows: true class, columns: predicted).
         self.confusion_matrices: dict[str, list[list[int]]] = {}
 
@@ -176,18 +191,50 @@ class ClassifierModule(L.LightningModule):
             x, target = self.mix(x, y)  # soft targets; metrics use the dominant label
             y = target.argmax(dim=-1)
         logits = self(x)
+        if self.multilabel:
+            return self._multilabel_step(logits, y, stage)
         loss = self.criterion(logits, target)
         if stage == "train" and self.teacher is not None:
             soft = kd_loss(logits, self.teacher(x), self.distill["temperature"])
             weight = float(self.distill["weight"])
-            self.train_kd_loss.update(soft.detach(), weight=len(y))
+            self.train_kd_loss.update(soft.detach(), len(y))
             loss = (1 - weight) * loss + weight * soft
         preds = logits.argmax(dim=-1)
         getattr(self, f"{stage}_metrics").update(preds, y)
         if stage != "train":
             getattr(self, f"{stage}_confusion").update(preds, y)
-        getattr(self, f"{stage}_loss").update(loss.detach(), weight=len(y))
+        getattr(self, f"{stage}_loss").update(loss.detach(), len(y))
         return loss
+
+    def _multilabel_step(self, logits: torch.Tensor, y: torch.Tensor, stage: str) -> torch.Tensor:
+        target = y.float()
+        if self.label_smoothing:
+            target = target * (1 - self.label_smoothing) + self.label_smoothing / 2
+        loss = self.criterion(logits, target)
+        probs = logits.detach().float().sigmoid()  # fp32 scores (under bf16 autocast too)
+        preds = (probs >= self.thresholds).long()
+        getattr(self, f"{stage}_metrics").update(preds, y)
+        if stage != "train":
+            getattr(self, f"{stage}_confusion").update(preds, y)
+            getattr(self, f"{stage}_curve").update(probs, y)
+        getattr(self, f"{stage}_loss").update(loss.detach(), len(y))
+        return loss
+
+    def _curve_end(self, stage: str, values: dict[str, float]) -> None:
+        """Per-class average precision (and on val the tuned thresholds) from all scores."""
+        curve = getattr(self, f"{stage}_curve")
+        precision, recall, thresholds = curve.compute()
+        curve.reset()
+        aps = []
+        for cls, p, r in zip(self.classes, precision, recall, strict=True):
+            ap = curve_ap(p, r)
+            if ap is not None:
+                values[f"{stage}/ap_{cls}"] = ap
+                aps.append(ap)
+        if aps:
+            values[f"{stage}/map"] = sum(aps) / len(aps)
+        if stage == "val":
+            self.tuned_thresholds = tune_from_curve(precision, recall, thresholds)
 
     def training_step(self, batch, batch_idx):
         return self._step(batch, "train")
@@ -209,6 +256,8 @@ class ClassifierModule(L.LightningModule):
             if mean.update_count:
                 values[name] = float(mean.compute())
             mean.reset()
+        if stage != "train" and self.multilabel:
+            self._curve_end(stage, values)
         # Already reduced over ranks by torchmetrics: sync_dist only tells Lightning so (every
         # rank logs the same numbers; no per-step collectives).
         for name in (f"{stage}/acc", f"{stage}/loss"):
@@ -239,6 +288,7 @@ class ClassifierModule(L.LightningModule):
             "backbone_config": self.model.config.to_dict(),
             "head": self.model.head_cfg,
             "labels": self.classes,
+            "multilabel": self.multilabel,
             "processor": self.processor,
             "wandb_id": self.wandb_id,
         }

@@ -29,8 +29,10 @@ from vitft.data.folder import list_images
 from vitft.data.images import load_image
 from vitft.data.transforms import ImageTransform
 from vitft.errors import VitftError
-from vitft.export.hf import load_model
+from vitft.export.hf import load_model, model_info
+from vitft.export.metadata import read_metadata
 from vitft.models.classifier import ImageClassifier
+from vitft.multilabel import DEFAULT_THRESHOLD, decide, is_multilabel, label_sets
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +96,15 @@ def exported_backend(folder: str | Path, threads: int | None = None):
     return backend, meta["labels"], AutoImageProcessor.from_pretrained(folder)
 
 
+def _multilabel_args(meta: dict) -> dict:
+    """Predictor arguments from a model's vitft.json or an export's metadata.json."""
+    if not is_multilabel(meta):
+        return {}
+    if not meta.get("thresholds"):
+        log.warning("multi-label model without tuned thresholds: every class at 0.5")
+    return {"multilabel": True, "tuned_thresholds": meta.get("thresholds")}
+
+
 def pick_device(device: str | None) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -128,6 +139,8 @@ class Prediction:
     confidence: float
     probs: dict[str, float]
     latency_ms: float  # decode + preprocess of this image + its share of the batch's forward
+    # Multi-label models: every class at or above its threshold (empty: none); else None.
+    labels: list[str] | None = None
 
 
 @dataclass
@@ -210,9 +223,12 @@ class Predictor:
         tta: bool = False,
         batch_size: int = 32,
         num_workers: int = 0,
+        multilabel: bool = False,
+        tuned_thresholds: dict[str, float] | None = None,
     ):
         self.backend = backend
         self.labels = list(labels)
+        self.multilabel = multilabel
         self.transform = ImageTransform(processor, None)
         self.tta = tta
         self.batch_size = batch_size
@@ -223,6 +239,10 @@ class Predictor:
                 f"class_thresholds names {sorted(unknown)}, not classes of the model: {self.labels}"
             )
         per_class = {c: float(threshold) for c in self.labels}
+        if multilabel:  # the model's tuned thresholds, unless threshold= sets one for all
+            default = float(threshold) or DEFAULT_THRESHOLD
+            tuned = {} if threshold else (tuned_thresholds or {})
+            per_class = {c: float(tuned.get(c, default)) for c in self.labels}
         per_class.update({c: float(t) for c, t in (class_thresholds or {}).items()})
         self.thresholds = torch.tensor([per_class[c] for c in self.labels])
 
@@ -237,14 +257,21 @@ class Predictor:
         """A Predictor over a model dir, an export folder (onnx, onnx_int8, torch_int8, tflite,
         ...: anything with a metadata.json) or a Lightning checkpoint."""
         if model_dir and (Path(model_dir) / "metadata.json").is_file():
-            return cls(*exported_backend(model_dir), **kwargs)
+            meta = read_metadata(model_dir)
+            return cls(*exported_backend(model_dir), **_multilabel_args(meta), **kwargs)
         model, processor = load_classifier(model_dir, ckpt_path)
-        return cls(TorchBackend(model, device), model.labels, processor, **kwargs)
+        meta = {"multilabel": is_multilabel(model.config)}
+        if model_dir:
+            meta.update(model_info(model_dir))
+        backend = TorchBackend(model, device)
+        return cls(backend, model.labels, processor, **_multilabel_args(meta), **kwargs)
 
     def probabilities(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Softmax probabilities ``(N, classes)``, averaged over TTA views when enabled."""
+        """Softmax (multi-label: per-class sigmoid) probabilities ``(N, classes)``, averaged over
+        TTA views when enabled."""
         views = tta_views(pixel_values) if self.tta else [pixel_values]
-        probs = [torch.as_tensor(self.backend(v.contiguous())).float().softmax(-1) for v in views]
+        norm = torch.sigmoid if self.multilabel else lambda x: x.softmax(-1)
+        probs = [norm(torch.as_tensor(self.backend(v.contiguous())).float()) for v in views]
         return torch.stack(probs).mean(0)
 
     def _decide(self, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -270,6 +297,8 @@ class Predictor:
 
     def records(self, paths: list[str], probs: torch.Tensor, ms: list[float]) -> list[Prediction]:
         """One Prediction per row of ``probs`` (labels, reject option, latency)."""
+        if self.multilabel:
+            return self._label_sets(paths, probs, ms)
         conf, idx, reject = self._decide(probs)
         return [
             Prediction(
@@ -279,6 +308,22 @@ class Predictor:
                 confidence=float(conf[i]),
                 probs={c: float(p) for c, p in zip(self.labels, probs[i], strict=True)},
                 latency_ms=round(ms[i], 3),
+            )
+            for i, path in enumerate(paths)
+        ]
+
+    def _label_sets(self, paths: list[str], probs: torch.Tensor, ms: list[float]) -> list:
+        conf, idx = probs.max(-1)
+        sets = label_sets(decide(probs, self.thresholds), self.labels)
+        return [
+            Prediction(
+                path=path,
+                label=";".join(sets[i]),
+                predicted=self.labels[idx[i]],
+                confidence=float(conf[i]),
+                probs={c: float(p) for c, p in zip(self.labels, probs[i], strict=True)},
+                latency_ms=round(ms[i], 3),
+                labels=sets[i],
             )
             for i, path in enumerate(paths)
         ]

@@ -25,7 +25,7 @@ from vitft.batch_size import AUTO, auto_batch_size, initial_batch_size
 from vitft.cache import FeatureDataModule, build_cache, use_cache
 from vitft.data import doctor
 from vitft.data.datamodule import FolderDataModule
-from vitft.data.folder import scan_dataset
+from vitft.data.sources import scan_data
 from vitft.data.transforms import processor_facts
 from vitft.distill import load_teacher
 from vitft.errors import VitftError
@@ -36,6 +36,7 @@ from vitft.modelio.card import write_card
 from vitft.modelio.hub import push_model_dir
 from vitft.models.classifier import build_model
 from vitft.module import ClassifierModule
+from vitft.multilabel import PROBLEM_TYPE, filled, pos_weights
 from vitft.run.provenance import write_provenance
 from vitft.seeding import StepSeed
 
@@ -95,6 +96,18 @@ def resolve_class_weights(spec: Any, counts: torch.Tensor) -> list[float] | None
     return weights
 
 
+def _check_multilabel(cfg: DictConfig) -> None:
+    """Options whose maths assume one class per image."""
+    loss = cfg.loss
+    if loss.get("mixup_alpha") or loss.get("cutmix_alpha"):
+        raise VitftError(
+            "loss.mixup_alpha / loss.cutmix_alpha mix one-class targets; set them to 0 for "
+            "multi-label data"
+        )
+    if (cfg.get("distill") or {}).get("teacher"):
+        raise VitftError("distill.teacher (softmax distillation) is single-label; unset it")
+
+
 def _instantiate_all(cfg: DictConfig | None) -> list[Any]:
     return [instantiate(c) for c in (cfg or {}).values() if c and "_target_" in c]
 
@@ -112,9 +125,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     ckpt_path = resolve_ckpt_path(cfg, output_dir)
 
     data = cfg.data
-    splits = scan_dataset(
-        data.data_dir, data.classes, data.val_fraction, data.test_fraction, data.split_seed
-    )
+    splits = scan_data(data, cfg.task.get("multilabel"), output_dir)
     splits = doctor.screen(
         splits, data.get("on_bad_file", "skip"), data.get("check", "header"), output_dir
     )
@@ -123,6 +134,9 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         checkpoints.check_labels(ckpt_path, splits.classes)
 
     model, processor = build_model(cfg.model, cfg.head, splits.classes)
+    if splits.multilabel:
+        _check_multilabel(cfg)
+        model.config.problem_type = PROBLEM_TYPE  # HF's own field: saved in config.json
     freeze = build_freeze(cfg.freeze, model)
     loader_kwargs = dict(
         augment=data.augment,
@@ -139,9 +153,14 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         datamodule = FeatureDataModule(splits, processor, cache, **loader_kwargs)
     else:
         datamodule = FolderDataModule(splits, processor, **loader_kwargs)
-    class_weights = resolve_class_weights(
-        cfg.loss.get("class_weights"), datamodule.train_label_counts()
-    )
+    if splits.multilabel:
+        class_weights = pos_weights(
+            cfg.loss.get("class_weights"), datamodule.train_label_counts(), len(splits.train)
+        )
+    else:
+        class_weights = resolve_class_weights(
+            cfg.loss.get("class_weights"), datamodule.train_label_counts()
+        )
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
     # Under DDP, Lightning re-runs this script for ranks > 0 once rank 0 is in fit(): only
@@ -197,6 +216,16 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         module.load_state_dict(checkpoints.read_checkpoint(best)["state_dict"])
     metrics: dict[str, float] = {}
     metrics.update(_scalars(trainer.validate(module, datamodule=datamodule, verbose=False)))
+    thresholds = None
+    if splits.multilabel:  # tuned on val; test and the exported model decide with them
+        thresholds = dict(zip(splits.classes, filled(module.tuned_thresholds), strict=True))
+        untuned = [
+            c for c, t in zip(splits.classes, module.tuned_thresholds, strict=True) if t is None
+        ]
+        if untuned:
+            log.warning("no val positives for %s: threshold 0.5 (not tuned)", untuned)
+        module.thresholds.copy_(torch.tensor(list(thresholds.values())))
+        log.info("per-class thresholds tuned on val (max F1): %s", thresholds)
     if cfg.get("test", True):
         metrics.update(_scalars(trainer.test(module, datamodule=datamodule)))
 
@@ -205,6 +234,8 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     summary = {
         **metrics,
         "classes": splits.classes,
+        "multilabel": splits.multilabel,
+        "thresholds": thresholds,
         "confusion_matrix": module.confusion_matrices,
         "best_checkpoint": best or None,
         "last_checkpoint": str(output_dir / LAST_CKPT)
@@ -228,6 +259,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
                 "source_checkpoint": best or None,
                 "metrics": metrics,
                 "task": cfg.task.get("name"),
+                **({"multilabel": True, "thresholds": thresholds} if thresholds else {}),
             },
         )
         (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))

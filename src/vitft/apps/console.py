@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "benchmark": ("benchmark", "vitft.benchmark:benchmark"),
     "prune": ("prune", "vitft.export.prune:prune"),
     "explain": ("explain", "vitft.explain:explain"),
-    "check-data": ("check_data", "vitft.data.doctor:run"),
+    "check-data": ("check_data", "vitft.data.check:run"),
     "serve": ("serve", "vitft.deploy.serve:serve"),
     "pretrain": ("pretrain", "vitft.pretrain:pretrain"),
 }

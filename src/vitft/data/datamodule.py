@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from vitft.data.folder import DatasetSplits, Sample
 from vitft.data.images import load_image
 from vitft.data.transforms import ImageTransform
+from vitft.hardware import loader_options
 from vitft.seeding import draw_seed
 
 log = logging.getLogger(__name__)
@@ -134,8 +135,8 @@ class FolderDataModule(L.LightningDataModule):
         augment: str | None = "none",
         batch_size: int = 32,
         eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        pin_memory: bool = False,
+        num_workers: int | str = 0,
+        pin_memory: bool | str = False,
         persistent_workers: bool = False,
         failures_file: str | Path | None = None,
         seed: int = 0,
@@ -145,11 +146,8 @@ class FolderDataModule(L.LightningDataModule):
         self.classes = splits.classes
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
-        self.loader_kwargs = {
-            "num_workers": num_workers,
-            "pin_memory": pin_memory,
-            "persistent_workers": persistent_workers and num_workers > 0,
-        }
+        self.loader_settings = (num_workers, pin_memory, persistent_workers)
+        loader_options(*self.loader_settings)  # a bad value fails now, not at the first loader
         self.train_transform = ImageTransform(processor, augment)
         self.eval_transform = ImageTransform(processor, None)
         self.failures_file = failures_file
@@ -194,6 +192,15 @@ class FolderDataModule(L.LightningDataModule):
             self.train_sampler.set_epoch(self.resume_at[0])
             self.train_sampler.resume_at, self.resume_at = self.resume_at, None
         return self.train_sampler
+
+    @property
+    def loader_kwargs(self) -> dict:
+        """num_workers, pin_memory, persistent_workers; ``auto`` follows the trainer's machine."""
+        trainer = self.trainer
+        if trainer is None:
+            return loader_options(*self.loader_settings)
+        device = trainer.strategy.root_device.type
+        return loader_options(*self.loader_settings, trainer.num_devices, device)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         size = self.batch_size if split == "train" else self.eval_batch_size

@@ -31,6 +31,7 @@ from vitft.data.folder import (
     DatasetSplits,
     _is_hidden_or_junk,
     class_folders,
+    class_name,
     scan_dataset,
 )
 from vitft.errors import VitftError
@@ -298,7 +299,8 @@ def screen(
     entries = [(s, path, label) for s in SPLITS for path, label in splits.split(s)]
     checks = inspect_files([p for _, p, _ in entries], decode=check == "decode")
     named = [
-        (s, splits.classes[label], fc) for (s, _, label), fc in zip(entries, checks, strict=True)
+        (s, class_name(splits.classes, label), fc)
+        for (s, _, label), fc in zip(entries, checks, strict=True)
     ]
     bad = [_item(fc.problem, fc.path, fc.detail, s, c) for s, c, fc in named if fc.problem]
     leaks = [d for d in _duplicates(named) if d["kind"] == "duplicate_across_splits"]
@@ -341,30 +343,9 @@ def screen(
     out_splits = replace(splits, **kept)
     for s in SPLITS:
         for c, n in out_splits.counts(s).items():
-            if n == 0:
+            if n == 0 and (s == "train" or not splits.multilabel):
                 raise VitftError(
                     f"{s} split of {splits.root}: class {c!r} has no usable images left after "
                     f"skipping bad files ({counts}); fix or replace them"
                 )
     return out_splits
-
-
-def run(cfg) -> int:
-    """Entry point behind check_data.py: print the report, write it as JSON, return exit code."""
-    data_dir = cfg.get("data_dir") or cfg.data.data_dir
-    report = check_dataset(
-        data_dir,
-        None if cfg.get("data_dir") else cfg.data.classes,
-        decode=bool(cfg.decode),
-        val_fraction=cfg.data.val_fraction,
-        test_fraction=cfg.data.test_fraction,
-    )
-    policy = cfg.data.on_bad_file
-    print(report.text(policy))
-    if cfg.get("report"):
-        out = Path(cfg.report)
-        payload = {**report.to_json(), "can_train": report.can_train(policy)}
-        payload["reasons"] = report.reasons(policy)
-        out.write_text(json.dumps(payload, indent=2))
-        print(f"report: {out.resolve()}")
-    return 0 if report.can_train(policy) else 1

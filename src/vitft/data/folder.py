@@ -12,6 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vitft.data.stratify import multilabel_split
 from vitft.errors import VitftError
 
 log = logging.getLogger(__name__)
@@ -21,7 +22,9 @@ SPLITS = ("train", "val", "test")
 # OS and archive clutter that is never data.
 JUNK_NAMES = {"thumbs.db", "desktop.ini", "__macosx"}
 
-Sample = tuple[Path, int]
+# A class index, or for multi-label data a 0/1 tuple with one entry per class (all zeros: none).
+Label = int | tuple[int, ...]
+Sample = tuple[Path, Label]
 
 
 @dataclass
@@ -35,23 +38,39 @@ class DatasetSplits:
     origin: dict[str, str] = field(default_factory=dict)
     # files under the class folders that are not images (by extension), per split
     ignored: dict[str, list[Path]] = field(default_factory=dict)
+    # labels are 0/1 tuples (any number of classes per image) instead of class indices
+    multilabel: bool = False
 
     def split(self, name: str) -> list[Sample]:
         return getattr(self, name)
 
     def counts(self, name: str) -> dict[str, int]:
+        """Images per class (multi-label: images where the class is present)."""
+        if self.multilabel:
+            totals = [sum(col) for col in zip(*(y for _, y in self.split(name)), strict=True)]
+            return dict(zip(self.classes, totals or [0] * len(self.classes), strict=True))
         c = Counter(label for _, label in self.split(name))
         return {cls: c.get(i, 0) for i, cls in enumerate(self.classes)}
 
     def summary(self) -> str:
-        width = max(len(c) for c in self.classes)
+        width = max(len(c) for c in [*self.classes, "images"])
         lines = [f"{'class':<{width}}  " + "  ".join(f"{s:>5}" for s in SPLITS)]
         counts = {s: self.counts(s) for s in SPLITS}
         for cls in self.classes:
             row = [counts[s][cls] for s in SPLITS]
             lines.append(f"{cls:<{width}}  " + "  ".join(f"{n:>5}" for n in row))
+        if self.multilabel:  # classes overlap: the images themselves
+            sizes = [len(self.split(s)) for s in SPLITS]
+            lines.append(f"{'images':<{width}}  " + "  ".join(f"{n:>5}" for n in sizes))
         lines.append("origin: " + ", ".join(f"{s}={self.origin[s]}" for s in SPLITS))
         return "\n".join(lines)
+
+
+def class_name(classes: list[str], label: int | tuple[int, ...]) -> str:
+    """The class of a label, or for a multi-label 0/1 tuple its classes joined by ';'."""
+    if isinstance(label, int):
+        return classes[label]
+    return ";".join(c for c, v in zip(classes, label, strict=True) if v) or "(none)"
 
 
 def _is_hidden_or_junk(name: str) -> bool:
@@ -164,17 +183,33 @@ def scan_dataset(
                 ", ".join(str(p) for p in ignored[split][:3]),
             )
 
-    origin = {s: "folder" for s in present}
-    carve = {s: f for s, f in (("val", val_fraction), ("test", test_fraction)) if s not in present}
-    if carve:
-        samples["train"], parts = stratified_split(samples["train"], carve, split_seed)
-        samples.update(parts)
-        origin.update(
-            {s: f"split from train ({f:.0%}, seed {split_seed})" for s, f in carve.items()}
-        )
-        for s in carve:
-            if not samples[s]:
-                raise VitftError(f"{root}: too few training images to carve a {s} split")
+    origin = carve_missing(samples, root, val_fraction, test_fraction, split_seed)
     return DatasetSplits(
         root, classes, samples["train"], samples["val"], samples["test"], origin, ignored
     )
+
+
+def carve_missing(
+    samples: dict[str, list[Sample]],
+    root: Path,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    multilabel: bool = False,
+    given: str = "folder",
+) -> dict[str, str]:
+    """Carve val/test out of train where ``samples`` lacks them (in place); returns the origins.
+
+    Stratified per class; multi-label data uses iterative stratification (Sechidis et al. 2011).
+    """
+    origin = {s: given for s in samples}
+    carve = {s: f for s, f in (("val", val_fraction), ("test", test_fraction)) if s not in samples}
+    if carve:
+        split = multilabel_split if multilabel else stratified_split
+        samples["train"], parts = split(samples["train"], carve, seed)
+        samples.update(parts)
+        origin.update({s: f"split from train ({f:.0%}, seed {seed})" for s, f in carve.items()})
+        for s in carve:
+            if not samples[s]:
+                raise VitftError(f"{root}: too few training images to carve a {s} split")
+    return origin

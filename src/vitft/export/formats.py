@@ -18,10 +18,11 @@ import torch
 from omegaconf import DictConfig
 
 from vitft.data.transforms import processor_facts
+from vitft.deploy import openvino
 from vitft.errors import VitftError
 from vitft.export import onnx as onnx_export
 from vitft.export import quantize, tflite
-from vitft.export.hf import load_model
+from vitft.export.hf import load_model, multilabel_facts
 from vitft.export.metadata import build_metadata, write_metadata
 from vitft.export.parity import (
     ImageSet,
@@ -33,7 +34,9 @@ from vitft.export.parity import (
     write_parity,
 )
 from vitft.export.runtime import load_exported
+from vitft.modelio.card import update_card_exports
 from vitft.models.resolution import set_image_size
+from vitft.multilabel import is_multilabel
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +58,13 @@ FORMATS: dict[str, Format] = {
     "torch_int8": Format("torchscript", "int8", "model.pt", "PyTorch dynamic int8 (Linear)"),
     "tflite": Format("litert", "fp32", "model.tflite", "LiteRT fp32"),
     "tflite_int8": Format("litert", "int8", "model.tflite", "LiteRT dynamic-range int8"),
+    "openvino": Format("openvino", "fp32", "model.xml", "OpenVINO IR fp32"),
+    "openvino_int8": Format(
+        "openvino", "int8", "model.xml", "OpenVINO IR int8 (NNCF post-training, calibrated)"
+    ),
 }
+# Formats that quantize with activation statistics of calibration images (train split).
+CALIBRATED = ("onnx_int8_static", "openvino_int8")
 
 
 def _check_formats(formats: list[str]) -> list[str]:
@@ -99,6 +108,11 @@ def _write_one(
         shutil.copy(fp32_tflite(), dst)
     elif fmt == "tflite_int8":
         tflite.tflite_int8_dynamic(fp32_tflite(), dst)
+    elif fmt == "openvino":
+        openvino.export_openvino(fp32_onnx(), dst)
+    elif fmt == "openvino_int8":
+        assert calibration is not None
+        openvino.openvino_int8(fp32_onnx(), dst, calibration.x)
 
 
 def export(cfg: DictConfig) -> dict[str, dict]:
@@ -114,19 +128,17 @@ def export(cfg: DictConfig) -> dict[str, dict]:
     out.mkdir(parents=True, exist_ok=True)
 
     data = run_data(model_dir, cfg.get("data_dir"))
-    split_args = {
-        "val_fraction": data.get("val_fraction", 0.15),
-        "test_fraction": data.get("test_fraction", 0.15),
-        "split_seed": data.get("split_seed", 0),
-    }
+    multilabel = is_multilabel(model.config)
+    # Multi-label exports carry the tuned thresholds; parity compares label sets with them.
+    label_facts = multilabel_facts(model_dir, model.labels) if multilabel else {}
     par = cfg.parity
     images = load_images(
-        data["data_dir"], model.labels, processor, par.split, par.get("max_images"), **split_args
+        data, model.labels, processor, par.split, par.get("max_images"), multilabel
     )
     calibration = None
-    if "onnx_int8_static" in formats:
+    if any(f in CALIBRATED for f in formats):
         calibration = load_images(
-            data["data_dir"], model.labels, processor, "train", cfg.calibration_images, **split_args
+            data, model.labels, processor, "train", cfg.calibration_images, multilabel
         )
     with torch.inference_mode():
         reference = batched(lambda x: model(torch.from_numpy(x)).numpy(), images.x)
@@ -155,13 +167,16 @@ def export(cfg: DictConfig) -> dict[str, dict]:
                     if fmt in quantize.ONNX_INT8_FACTS
                     else {}
                 ),
+                **label_facts,
             )
             write_metadata(folder, meta)
             processor.save_pretrained(folder)  # the exact preprocessing, for predict.py
             predict, _ = load_exported(folder, threads=cfg.get("threads"))
-            result = parity(
-                reference, batched(predict, images.x, int(par.get("batch_size") or 1)), images.y
+            logits = batched(predict, images.x, int(par.get("batch_size") or 1))
+            thresholds = (
+                [label_facts["thresholds"][c] for c in model.labels] if multilabel else None
             )
+            result = parity(reference, logits, images.y, thresholds)
             threshold = float(par.int8_threshold if spec.precision == "int8" else par.threshold)
             result.update(
                 format=fmt,
@@ -170,12 +185,15 @@ def export(cfg: DictConfig) -> dict[str, dict]:
                 threshold=threshold,
                 batch_size=int(par.get("batch_size") or 1),
                 passed=result["agreement"] >= threshold,
-                size_mb=(folder / spec.file).stat().st_size / 1e6,
+                # the model file and its siblings (OpenVINO's model.bin beside model.xml)
+                size_mb=sum(f.stat().st_size for f in folder.glob(Path(spec.file).stem + ".*"))
+                / 1e6,
             )
             write_parity(folder, result)
             print(format_row(fmt, result), flush=True)
             results[fmt] = result
     (out / "parity.json").write_text(json.dumps(results, indent=2))
+    update_card_exports(model_dir, results, out)  # model/README.md lists formats + parity
     failed = [f for f, r in results.items() if not r["passed"]]
     if failed and par.get("fail", True):
         raise VitftError(

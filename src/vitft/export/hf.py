@@ -31,6 +31,7 @@ from vitft.models.backbone import classifier_in_features
 from vitft.models.classifier import ImageClassifier
 from vitft.models.heads import LinearHead, build_head
 from vitft.models.lora import merged_backbone
+from vitft.multilabel import DEFAULT_THRESHOLD
 
 VITFT_MODEL_TYPE = "vitft"
 
@@ -86,6 +87,7 @@ def to_hf(model: ImageClassifier) -> PreTrainedModel:
         head=model.head_cfg,
         id2label=model.config.id2label,
         label2id=model.config.label2id,
+        problem_type=model.config.problem_type,
     )
     hf_model = VitftForImageClassification(config)
     hf_model.load_state_dict(model.state_dict())
@@ -105,6 +107,22 @@ def save_hf(
     return out_dir
 
 
+def model_info(model_dir: str | Path) -> dict:
+    """The vitft.json that ``save_hf`` wrote ({} for a plain HF model dir)."""
+    path = Path(model_dir) / "vitft.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def multilabel_facts(model_dir: str | Path, labels: list[str]) -> dict:
+    """What an export of a multi-label model records: sigmoid outputs and per-class thresholds."""
+    tuned = model_info(model_dir).get("thresholds") or {}
+    return {
+        "multilabel": True,
+        "output_activation": "sigmoid",
+        "thresholds": {c: float(tuned.get(c, DEFAULT_THRESHOLD)) for c in labels},
+    }
+
+
 def load_model(model_dir: str | Path) -> tuple[ImageClassifier, Any]:
     """Load a model directory written by ``save_hf`` (or any HF image classifier directory)."""
     model_dir = Path(model_dir)
@@ -120,6 +138,7 @@ def load_model(model_dir: str | Path) -> tuple[ImageClassifier, Any]:
         # id2label lives on the wrapper config; keep it on the backbone too.
         model.backbone.config.id2label = dict(hf_model.config.id2label)
         model.backbone.config.label2id = dict(hf_model.config.label2id)
+        model.backbone.config.problem_type = hf_model.config.problem_type
     else:
         model = ImageClassifier.from_hf(hf_model, {"name": "linear"})
     return model.eval(), processor

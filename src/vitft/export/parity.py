@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from vitft.data.folder import scan_dataset
 from vitft.data.images import load_image
+from vitft.data.sources import infer_source, scan_data
 from vitft.data.transforms import ImageTransform
 from vitft.errors import VitftError
 from vitft.export.metadata import PARITY_FILE
@@ -47,7 +47,7 @@ def run_data(model_dir: str | Path, data_dir: str | None = None) -> dict:
     """The data settings to check ``model_dir`` on: its run's, with ``data_dir=`` overriding."""
     data = dict(run_data_dir(model_dir) or {})
     if data_dir:
-        data["data_dir"] = data_dir
+        data.update(data_dir=data_dir, source=infer_source(data_dir))
     if not data.get("data_dir"):
         raise VitftError(
             f"no images to check the model on: {Path(model_dir).parent}/config.yaml has no "
@@ -57,20 +57,19 @@ def run_data(model_dir: str | Path, data_dir: str | None = None) -> dict:
 
 
 def load_images(
-    data_dir: str | Path,
+    data: dict,
     labels: list[str],
     processor: Any,
     split: str = "val",
     max_images: int | None = None,
-    val_fraction: float = 0.15,
-    test_fraction: float = 0.15,
-    split_seed: int = 0,
+    multilabel: bool = False,
 ) -> ImageSet:
-    """Images of ``split`` preprocessed exactly as in training evaluation (no augmentation)."""
-    splits = scan_dataset(data_dir, list(labels), val_fraction, test_fraction, split_seed)
+    """Images of ``split`` of ``data`` (a run's data settings, see ``run_data``) preprocessed
+    exactly as in training evaluation (no augmentation); multi-label ``y`` is 0/1 per class."""
+    splits = scan_data({**data, "classes": list(labels)}, multilabel)
     samples = splits.split(split)
     if not samples:
-        raise VitftError(f"{data_dir}: the {split} split has no images to check parity on")
+        raise VitftError(f"{splits.root}: the {split} split has no images to check parity on")
     if max_images:
         # Every k-th sample keeps all classes represented.
         step = max(1, len(samples) // int(max_images))
@@ -85,8 +84,27 @@ def batched(predict, x: np.ndarray, batch_size: int = 32) -> np.ndarray:
     return np.concatenate([predict(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
-def parity(reference: np.ndarray, logits: np.ndarray, y: np.ndarray) -> dict:
-    """Compare ``logits`` of a format with the PyTorch fp32 ``reference`` logits."""
+def parity(
+    reference: np.ndarray, logits: np.ndarray, y: np.ndarray, thresholds: list | None = None
+) -> dict:
+    """Compare ``logits`` of a format with the PyTorch fp32 ``reference`` logits.
+
+    Single-label: top-1 agreement. Multi-label (``y`` is 0/1 per class): agreement is the share
+    of images whose label set (sigmoid >= per-class ``thresholds``) is the same, accuracy the
+    subset accuracy.
+    """
+    if y.ndim == 2:
+        t = np.asarray(thresholds if thresholds is not None else [0.5] * y.shape[1])
+        ref_set = 1 / (1 + np.exp(-reference)) >= t
+        got_set = 1 / (1 + np.exp(-logits)) >= t
+        return {
+            "images": int(len(y)),
+            "agreement": float((ref_set == got_set).all(-1).mean()),
+            "accuracy": float((got_set == y.astype(bool)).all(-1).mean()),
+            "accuracy_pytorch": float((ref_set == y.astype(bool)).all(-1).mean()),
+            "max_abs_diff": float(np.abs(reference - logits).max()),
+            "label_sets": True,
+        }
     ref_top, top = reference.argmax(-1), logits.argmax(-1)
     return {
         "images": int(len(y)),

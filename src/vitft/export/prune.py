@@ -22,6 +22,7 @@ from transformers import AutoConfig, AutoModelForImageClassification, PreTrained
 
 from vitft.errors import VitftError
 from vitft.models.backbone import backbone_parts
+from vitft.multilabel import is_multilabel
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +186,12 @@ def prune(cfg) -> dict:
     model_dir = Path(cfg.model_dir).expanduser()
     model, processor = load_model(model_dir)
     data = run_data(model_dir, cfg.get("data_dir"))
-    images = load_images(data["data_dir"], model.labels, processor, "train", cfg.importance_images)
+    if is_multilabel(model.config):
+        raise VitftError(
+            "prune.py scores heads with the single-label loss; multi-label models "
+            "are not supported yet"
+        )
+    images = load_images(data, model.labels, processor, "train", cfg.importance_images)
     x, y = torch.from_numpy(images.x), torch.from_numpy(images.y)
     bs = int(cfg.batch_size)
     scores = head_importance(model, [(x[i : i + bs], y[i : i + bs]) for i in range(0, len(y), bs)])

@@ -6,6 +6,7 @@ logits ``(N, num_labels)``. Each runtime is imported only when its format is loa
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +15,8 @@ import torch
 
 from vitft.errors import VitftError
 from vitft.export.metadata import METADATA_FILE, read_metadata
+
+log = logging.getLogger(__name__)
 
 Predict = Callable[[np.ndarray], np.ndarray]
 
@@ -47,7 +50,48 @@ def _torchscript(folder: Path, meta: dict, threads: int | None) -> Predict:
     return predict
 
 
-def _onnxruntime(folder: Path, meta: dict, threads: int | None) -> Predict:
+CPU_PROVIDER = "CPUExecutionProvider"
+# Best first: TensorRT (engines built for this GPU, cached next to the model), then CUDA.
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+DEVICES = ("cpu", "cuda", "auto")
+
+
+def ort_providers(device: str = "cpu", available: list[str] | None = None) -> list[str]:
+    """ONNX Runtime execution providers for ``device`` (cpu | cuda | auto), best first.
+
+    cuda/auto: TensorRT, then CUDA, whichever this onnxruntime has, then the CPU as ONNX Runtime's
+    fallback for ops a GPU provider can't run. cuda without a GPU provider warns and runs on the
+    CPU (install onnxruntime-gpu: ``pip install vitft[gpu]``).
+    """
+    if device not in DEVICES:
+        raise VitftError(f"device={device!r} is unknown for ONNX Runtime; use one of {DEVICES}")
+    if device == "cpu":
+        return [CPU_PROVIDER]
+    if available is None:
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
+    gpu = [p for p in GPU_PROVIDERS if p in available]
+    if not gpu and device == "cuda":
+        log.warning(
+            "device=cuda: this onnxruntime has no GPU provider (it has %s); running on the CPU. "
+            "For the GPU: pip uninstall onnxruntime && pip install 'vitft[gpu]'",
+            ", ".join(available),
+        )
+    return [*gpu, CPU_PROVIDER]
+
+
+def _provider_options(providers: list[str], folder: Path) -> list:
+    """TensorRT builds an engine per model and GPU (minutes): cache it in the export folder."""
+    return [
+        (p, {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(folder / "trt_cache")})
+        if p == "TensorrtExecutionProvider"
+        else p
+        for p in providers
+    ]
+
+
+def _onnxruntime(folder: Path, meta: dict, threads: int | None, device: str = "cpu") -> Predict:
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -57,9 +101,17 @@ def _onnxruntime(folder: Path, meta: dict, threads: int | None) -> Predict:
     # Idle ORT threads otherwise busy-wait after each run and starve other work on the same
     # cores (another model, the camera loop, or the other formats in benchmark.py).
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    providers = ort_providers(device)
     session = ort.InferenceSession(
-        str(folder / meta["file"]), opts, providers=["CPUExecutionProvider"]
+        str(folder / meta["file"]), opts, providers=_provider_options(providers, folder)
     )
+    if session.get_providers()[0] != providers[0]:  # e.g. CUDA libraries missing at run time
+        log.warning(
+            "ONNX Runtime could not start %s for %s; running on %s",
+            providers[0],
+            folder,
+            session.get_providers()[0],
+        )
     name = session.get_inputs()[0].name
 
     def predict(x: np.ndarray) -> np.ndarray:
@@ -88,19 +140,41 @@ def _litert(folder: Path, meta: dict, threads: int | None) -> Predict:
     return predict
 
 
+def _openvino(folder: Path, meta: dict, threads: int | None) -> Predict:
+    import openvino as ov
+
+    config: dict = {"PERFORMANCE_HINT": "LATENCY"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    if meta.get("precision") == "fp32":
+        # CPUs with bf16/AMX would otherwise run an fp32 model in bf16 by default.
+        config["INFERENCE_PRECISION_HINT"] = "f32"
+    compiled = ov.Core().compile_model(str(folder / meta["file"]), "CPU", config)
+    output = compiled.output(0)
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        return compiled(np.ascontiguousarray(x, np.float32))[output]
+
+    return predict
+
+
 RUNTIMES: dict[str, Callable[[Path, dict, int | None], Predict]] = {
     "pytorch": _pytorch,
     "torchscript": _torchscript,
     "onnxruntime": _onnxruntime,
     "litert": _litert,
+    "openvino": _openvino,
 }
 
 
-def load_exported(folder: str | Path, threads: int | None = None) -> tuple[Predict, dict]:
-    """Load an export folder (or an HF model dir, run in PyTorch fp32) for CPU inference.
+def load_exported(
+    folder: str | Path, threads: int | None = None, device: str = "cpu"
+) -> tuple[Predict, dict]:
+    """Load an export folder (or an HF model dir, run in PyTorch fp32) for inference.
 
     ``threads``: intra-op threads (torch.set_num_threads / ORT intra_op_num_threads / LiteRT
-    num_threads); None keeps each runtime's default.
+    num_threads / OpenVINO INFERENCE_NUM_THREADS); None keeps each runtime's default.
+    ``device``: cpu, or cuda/auto for ONNX Runtime exports (see ``ort_providers``).
     """
     folder = Path(folder)
     if not (folder / METADATA_FILE).is_file() and (folder / "config.json").is_file():
@@ -116,6 +190,7 @@ def load_exported(folder: str | Path, threads: int | None = None) -> tuple[Predi
             "labels": model.labels,
             **processor_facts(processor),
         }
+        _cpu_only(folder, "pytorch", device)
         return _pytorch(folder, meta, threads), meta
     meta = read_metadata(folder)
     runtime = meta.get("runtime")
@@ -125,4 +200,14 @@ def load_exported(folder: str | Path, threads: int | None = None) -> tuple[Predi
         )
     if not (folder / meta["file"]).is_file():
         raise VitftError(f"{folder}: model file {meta['file']} named in {METADATA_FILE} is missing")
+    if runtime == "onnxruntime":
+        return _onnxruntime(folder, meta, threads, device), meta
+    _cpu_only(folder, runtime, device)
     return RUNTIMES[runtime](folder, meta, threads), meta
+
+
+def _cpu_only(folder: Path, runtime: str, device: str) -> None:
+    if device != "cpu":
+        raise VitftError(
+            f"{folder}: device={device} is for ONNX Runtime exports; {runtime} runs on the CPU"
+        )

@@ -33,7 +33,8 @@ def _figure(path: Path, caption: str) -> str:
 
 
 def _per_class_table(per_class: dict[str, dict]) -> str:
-    cols = ["precision", "recall", "f1", "auroc", "average_precision", "support"]
+    known = ["precision", "recall", "f1", "auroc", "average_precision", "support", "threshold"]
+    cols = [c for c in known if c in next(iter(per_class.values()), {})]
     head = "<tr><th>class</th>" + "".join(f"<th>{c}</th>" for c in cols) + "</tr>"
     rows = []
     for cls, vals in per_class.items():
@@ -49,9 +50,14 @@ def _per_class_table(per_class: dict[str, dict]) -> str:
 
 def write_report(path: Path, metrics: dict[str, Any], figures: dict[str, tuple[Path, str]]) -> Path:
     """One HTML page: headline numbers, per-class table, every figure, model and data."""
-    cards = [("accuracy", metrics["accuracy"]), ("macro F1", metrics["f1_macro"]),
-             ("weighted F1", metrics["f1_weighted"]), ("macro AUROC", metrics["auroc_macro"]),
-             ("ECE", metrics["ece"])]  # fmt: skip
+    if "subset_accuracy" in metrics:  # multi-label
+        cards = [("subset accuracy", metrics["subset_accuracy"]), ("micro F1", metrics["f1_micro"]),
+                 ("macro F1", metrics["f1_macro"]), ("mAP", metrics["map"]),
+                 ("Hamming loss", metrics["hamming_loss"])]  # fmt: skip
+    else:
+        cards = [("accuracy", metrics["accuracy"]), ("macro F1", metrics["f1_macro"]),
+                 ("weighted F1", metrics["f1_weighted"]), ("macro AUROC", metrics["auroc_macro"]),
+                 ("ECE", metrics["ece"])]  # fmt: skip
     cards += [(k.replace("_", " "), v) for k, v in metrics.items() if k.startswith("top")]
     cards_html = "".join(
         f'<div class="card">{escape(k)}<b>{"n/a" if v is None else f"{v:.3f}"}</b></div>'

@@ -58,14 +58,22 @@ def curves(
     per_class: dict[str, tuple[np.ndarray, np.ndarray]],
     scores: dict[str, float],
     kind: str,
+    points: dict[str, tuple[float, float, str]] | None = None,
 ) -> Figure:
-    """One-vs-rest curves per class: ``roc`` (x=FPR, y=TPR) or ``pr`` (x=recall, y=precision)."""
+    """One-vs-rest curves per class: ``roc`` (x=FPR, y=TPR) or ``pr`` (x=recall, y=precision).
+
+    ``points``: per class an operating point ``(x, y, text)`` marked on its curve.
+    """
     fig, ax = plt.subplots(figsize=(5.5, 5))
     for cls, (x, y) in per_class.items():
         if scores[cls] is None:  # no positives (or no negatives) in the data: no curve
             continue
         label = f"{cls} ({'AUC' if kind == 'roc' else 'AP'} {scores[cls]:.3f})"
-        ax.plot(x, y, label=label, drawstyle="default" if kind == "roc" else "steps-post")
+        (line,) = ax.plot(x, y, label=label, drawstyle="default" if kind == "roc" else "steps-post")
+        if points and cls in points:
+            px, py, text = points[cls]
+            ax.plot([px], [py], "o", color=line.get_color(), markeredgecolor="k")
+            ax.annotate(text, (px, py), textcoords="offset points", xytext=(-8, -14), fontsize=7)
     if kind == "roc":
         ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="chance")
         ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (one-vs-rest)")
@@ -74,6 +82,33 @@ def curves(
     ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.05))
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right" if kind == "roc" else "lower left", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_grid(confusion: dict[str, np.ndarray], cols: int = 4) -> Figure:
+    """Multi-label: one 2x2 matrix per class, rows true absent/present, columns predicted."""
+    names = list(confusion)
+    cols = min(cols, max(1, len(names)))
+    rows = int(np.ceil(len(names) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.0 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, cls in zip(axes.flat, names, strict=False):
+        cm = np.asarray(confusion[cls])
+        ax.axis("on")
+        ax.imshow(cm, cmap="Blues", vmin=0, vmax=max(1, cm.max()))
+        ax.set_xticks([0, 1], ["absent", "present"])
+        ax.set_yticks([0, 1], ["absent", "present"])
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(cls)
+        for i in range(2):
+            for j in range(2):
+                white = cm[i, j] > cm.max() / 2
+                ax.text(j, i, str(int(cm[i, j])), ha="center", va="center",
+                        color="white" if white else "black")  # fmt: skip
+    fig.suptitle("per-class confusion (at the tuned thresholds)")
     fig.tight_layout()
     return fig
 
@@ -114,7 +149,10 @@ def image_grid(
     n = max(1, len(images))
     cols = min(cols, n)
     rows = int(np.ceil(n / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.9 * rows), squeeze=False)
+    lines = max((t.count("\n") + 1 for t in titles), default=1)  # room for the titles
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(2.6 * cols, (2.6 + 0.15 * lines) * rows), squeeze=False
+    )
     for ax in axes.flat:
         ax.axis("off")
     for ax, img, title in zip(axes.flat, images, titles, strict=False):

@@ -1,0 +1,108 @@
+"""check_data.py: the data doctor's report for any data source (folders or a manifest).
+
+Folders: ``doctor.check_dataset``. Manifests: every row (missing files, unknown or misspelled
+labels with the closest class, duplicate rows, conflicting labels, empty labels), then every
+listed file like a folder's (zero-byte, corrupt, truncated, unusual, duplicate bytes).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from vitft.data.doctor import (
+    MIN_PER_CLASS,
+    DataReport,
+    _duplicates,
+    _item,
+    check_dataset,
+    inspect_files,
+    unusual,
+)
+from vitft.data.folder import SPLITS, class_name
+from vitft.data.manifest import manifest_splits, read_manifest
+from vitft.data.sources import source_of
+from vitft.errors import VitftError
+
+
+def check_manifest(
+    file: str | Path,
+    classes: list[str] | None = None,
+    multilabel: bool | None = None,
+    label_sep: str = ";",
+    decode: bool = True,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    split_seed: int = 0,
+) -> DataReport:
+    """Check every row and every listed file of a manifest."""
+    report = DataReport(str(file), decode=decode)
+    try:
+        m = read_manifest(file, classes, multilabel, label_sep)
+        splits = manifest_splits(m, val_fraction, test_fraction, split_seed)
+    except VitftError as err:
+        report.errors.append(str(err))
+        return report
+    report.classes = m.classes
+    for p in m.problems:
+        report.bad.append(_item(p["kind"], f"line {p['line']}", p["detail"]))
+    for w in m.warnings:
+        where = f"line {w['line']}" if w["line"] else str(m.file)
+        report.warnings.append(_item(w["kind"], where, w["detail"]))
+    entries = [(s, path, label) for s in SPLITS for path, label in splits.split(s)]
+    checks = inspect_files([p for _, p, _ in entries], decode)
+    named = [
+        (s, class_name(m.classes, y), fc) for (s, _, y), fc in zip(entries, checks, strict=True)
+    ]
+    usable: Counter = Counter()
+    for (split, _, label), (_, cls, fc) in zip(entries, named, strict=True):
+        if fc.problem:
+            report.bad.append(_item(fc.problem, fc.path, fc.detail, split, cls))
+            continue
+        hot = [label] if isinstance(label, int) else [i for i, v in enumerate(label) if v]
+        usable.update((split, m.classes[i]) for i in hot)
+        why = unusual(fc)
+        if why:
+            report.warnings.append(_item("unusual_image", fc.path, why, split, cls))
+    report.counts = {s: {c: usable[s, c] for c in m.classes} for s in SPLITS}
+    report.warnings.extend(_duplicates(named))
+    for c in m.classes:
+        n = usable["train", c]
+        if n == 0:
+            report.errors.append(f"class {c!r} has no usable training images in {m.file}")
+        elif n < MIN_PER_CLASS:
+            report.warnings.append(
+                _item("near_empty_class", m.file, f"only {n} usable image(s)", "train", c)
+            )
+    return report
+
+
+def run(cfg: Any) -> int:
+    """Entry point behind check_data.py: print the report, write it as JSON, return exit code."""
+    data = cfg.data
+    location = cfg.get("data_dir") or data.data_dir
+    classes = None if cfg.get("data_dir") else data.classes
+    split_args = dict(val_fraction=data.val_fraction, test_fraction=data.test_fraction)
+    if source_of(data) == "manifest":
+        report = check_manifest(
+            location,
+            list(classes) if classes else None,
+            cfg.get("task", {}).get("multilabel"),
+            data.get("label_sep") or ";",
+            decode=bool(cfg.decode),
+            split_seed=data.get("split_seed", 0),
+            **split_args,
+        )
+    else:
+        report = check_dataset(location, classes, decode=bool(cfg.decode), **split_args)
+    policy = data.on_bad_file
+    print(report.text(policy))
+    if cfg.get("report"):
+        out = Path(cfg.report)
+        payload = {**report.to_json(), "can_train": report.can_train(policy)}
+        payload["reasons"] = report.reasons(policy)
+        out.write_text(json.dumps(payload, indent=2))
+        print(f"report: {out.resolve()}")
+    return 0 if report.can_train(policy) else 1

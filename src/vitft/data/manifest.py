@@ -1,0 +1,298 @@
+"""Label manifests (``data=manifest``): a CSV or JSONL file of image paths and their labels.
+
+Columns (CSV header or JSONL keys): ``path`` and ``label`` (one class) or ``labels`` (several,
+joined by ``data.label_sep`` in a CSV, a list in JSONL; empty: none of the classes), plus an
+optional ``split`` (train/val/test). Other columns are ignored. Paths are relative to the
+manifest's folder or absolute. Without a split column, val and test are carved from train like
+folders (seeded and stratified; iterative stratification for multi-label).
+
+Every row problem names its line: a missing file, an unknown label (with the closest class), an
+empty label, a path listed with conflicting labels. ``data.on_bad_file=fail`` stops with the list;
+``skip`` trains without those rows and lists them in the log and ``<run>/skipped_rows.json``.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import json
+import logging
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vitft.data.folder import DatasetSplits, Sample, carve_missing
+from vitft.errors import VitftError
+
+log = logging.getLogger(__name__)
+
+SUFFIXES = (".csv", ".jsonl")
+SPLIT_NAMES = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "dev": "val",
+    "test": "test",
+    "testing": "test",
+}
+# Row problems that on_bad_file=skip may drop (each named by line in the log).
+BAD_ROW_KINDS = ("missing_file", "unknown_label", "empty_label", "conflicting_labels")
+SKIPPED_FILE = "skipped_rows.json"
+
+
+@dataclass
+class Row:
+    line: int
+    path: Path
+    labels: tuple[str, ...]
+    split: str | None
+
+
+@dataclass
+class Manifest:
+    file: Path
+    multilabel: bool
+    classes: list[str]
+    rows: list[Row]  # usable rows, one per image
+    problems: list[dict] = field(default_factory=list)  # bad rows: {kind, line, path, detail}
+    warnings: list[dict] = field(default_factory=list)  # worth a look, rows still used
+
+    def problem_list(self, limit: int = 20) -> str:
+        lines = [f"  line {p['line']}: {p['detail']}" for p in self.problems[:limit]]
+        more = len(self.problems) - limit
+        return "\n".join(lines + ([f"  ... {more} more"] if more > 0 else []))
+
+
+def _problem(kind: str, line: int, path: str, detail: str) -> dict:
+    return {"kind": kind, "line": line, "path": path, "detail": detail}
+
+
+def _records(file: Path) -> tuple[str, list[tuple[int, dict]]]:
+    """(label column, [(line, record)]) of a CSV or JSONL manifest."""
+    if file.suffix.lower() == ".csv":
+        with file.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            columns = [c.strip() for c in reader.fieldnames or []]
+            reader.fieldnames = columns
+            records = [(reader.line_num, row) for row in reader]
+    else:
+        records, columns = [], []
+        for n, text in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
+            if not text.strip():
+                continue
+            try:
+                record = json.loads(text)
+            except json.JSONDecodeError as err:
+                raise VitftError(f"{file} line {n}: not valid JSON ({err.msg})") from err
+            if not isinstance(record, dict):
+                raise VitftError(f"{file} line {n}: expected a JSON object with path and label")
+            records.append((n, record))
+            columns += [k for k in record if k not in columns]
+    label_col = "labels" if "labels" in columns else "label"
+    if "path" not in columns or label_col not in columns:
+        raise VitftError(
+            f"{file} has columns {columns}; a manifest needs `path` and `label` (one class per "
+            "image) or `labels` (multi-label), plus an optional `split`"
+        )
+    return label_col, records
+
+
+def _labels(value, sep: str) -> tuple[tuple[str, ...], bool]:
+    """(labels of one cell, whether the cell is a list)."""
+    if isinstance(value, list):
+        return tuple(str(v).strip() for v in value if str(v).strip()), True
+    if value is None:
+        return (), False
+    return tuple(v.strip() for v in str(value).split(sep) if v.strip()), False
+
+
+def suggest(name: str, classes: list[str]) -> str:
+    """`` did you mean 'x'?`` for the closest class name, or nothing."""
+    close = difflib.get_close_matches(name, classes, n=1, cutoff=0.6)
+    if not close:
+        close = [c for c in classes if c.lower() == name.lower()]
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def read_manifest(
+    file: str | Path,
+    classes: list[str] | None = None,
+    multilabel: bool | None = None,
+    label_sep: str = ";",
+) -> Manifest:
+    """Read and check every row of a manifest (see the module docstring)."""
+    file = Path(file).expanduser()
+    if not file.is_file():
+        raise VitftError(
+            f"manifest {file} does not exist: set task.data_dir (data.data_dir) to a CSV or "
+            "JSONL file of path,label rows"
+        )
+    if file.suffix.lower() not in SUFFIXES:
+        raise VitftError(f"manifest {file}: use a .csv or .jsonl file ({file.suffix} given)")
+    label_col, records = _records(file)
+    parsed = []
+    for line, rec in records:
+        labels, is_list = _labels(rec.get(label_col), label_sep)
+        raw_split = str(rec.get("split") or "").strip()
+        split = SPLIT_NAMES.get(raw_split.lower()) if raw_split else None
+        if raw_split and split is None:
+            raise VitftError(
+                f"{file} line {line}: split {raw_split!r} is unknown; use train, val or test"
+            )
+        parsed.append((line, str(rec.get("path") or "").strip(), labels, split, is_list))
+    if not parsed:
+        raise VitftError(f"manifest {file} has no rows")
+    several = [(ln, lb) for ln, _, lb, _, _ in parsed if len(lb) > 1]
+    if multilabel is None:
+        multilabel = label_col == "labels" or bool(several) or any(p[4] for p in parsed)
+    elif not multilabel and several:
+        line, labels = several[0]
+        raise VitftError(
+            f"{file} line {line} has several labels {list(labels)} but task.multilabel=false; "
+            "set task.multilabel=true (or null to infer it) or give one label per row"
+        )
+    with_split = [p for p in parsed if p[3]]
+    if with_split and len(with_split) != len(parsed):
+        line = next(p[0] for p in parsed if not p[3])
+        raise VitftError(
+            f"{file} line {line} has no split while other rows do: give every row a split "
+            "(train, val or test) or drop the column to carve val/test from train"
+        )
+
+    found = sorted({lb for p in parsed for lb in p[2]})
+    known = [str(c) for c in classes] if classes else found
+    m = Manifest(file, bool(multilabel), known, [])
+    if not classes:
+        _similar_names(m, Counter(lb for p in parsed for lb in p[2]))
+    by_path: dict[Path, list[tuple[int, str, tuple[str, ...], str | None]]] = defaultdict(list)
+    for line, raw, labels, split, _ in parsed:
+        if not raw:
+            m.problems.append(_problem("missing_file", line, raw, "empty path"))
+            continue
+        path = Path(raw).expanduser()
+        path = path if path.is_absolute() else file.parent / path
+        unknown = [lb for lb in labels if lb not in known]
+        if unknown:
+            what = ", ".join(f"{u!r}{suggest(u, known)}" for u in unknown)
+            m.problems.append(
+                _problem("unknown_label", line, raw, f"{raw}: label {what} is not a class {known}")
+            )
+        elif not labels and not m.multilabel:
+            m.problems.append(_problem("empty_label", line, raw, f"{raw}: empty label"))
+        else:
+            by_path[path].append((line, raw, tuple(sorted(set(labels))), split))
+    for path, entries in by_path.items():
+        line, raw, labels, split = entries[0]
+        if len({(lb, sp) for _, _, lb, sp in entries}) > 1:
+            seen = "; ".join(
+                f"line {n}: {list(lb)}{f' ({sp})' if sp else ''}" for n, _, lb, sp in entries
+            )
+            for n, _, _, _ in entries:
+                m.problems.append(
+                    _problem("conflicting_labels", n, raw, f"{raw} is listed differently: {seen}")
+                )
+            continue
+        for n, _, _, _ in entries[1:]:
+            m.warnings.append(_problem("duplicate_row", n, raw, f"repeats line {line} (used once)"))
+        if not path.is_file():
+            m.problems.append(_problem("missing_file", line, raw, f"{raw}: no such file"))
+            continue
+        m.rows.append(Row(line, path, labels, split))
+    if not classes:  # a label seen only on bad rows is not a class
+        m.classes = sorted({lb for r in m.rows for lb in r.labels})
+    m.problems.sort(key=lambda p: p["line"])
+    empty = [r.line for r in m.rows if not r.labels]
+    if empty and m.multilabel:
+        m.warnings.append(
+            _problem(
+                "no_labels", empty[0], "", f"{len(empty)} row(s) have no labels: negatives for "
+                f"every class (first at line {empty[0]})"
+            )
+        )  # fmt: skip
+    return m
+
+
+def _similar_names(m: Manifest, counts: Counter) -> None:
+    """Inferred classes that look like misspellings of a more frequent one."""
+    for name, n in counts.items():
+        others = [c for c in counts if c != name and counts[c] >= max(2 * n, n + 1)]
+        hint = suggest(name, others)
+        if hint:
+            m.warnings.append(
+                _problem("similar_labels", 0, "", f"label {name!r} ({n} row(s)){hint} (set "
+                "task.classes to reject labels outside the class list)")
+            )  # fmt: skip
+
+
+def scan_manifest(
+    file: str | Path,
+    classes: list[str] | None = None,
+    multilabel: bool | None = None,
+    label_sep: str = ";",
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    split_seed: int = 0,
+    on_bad_file: str = "skip",
+    output_dir: str | Path | None = None,
+) -> DatasetSplits:
+    """A manifest as train/val/test samples; bad rows fail or are skipped (``on_bad_file``)."""
+    m = read_manifest(file, classes, multilabel, label_sep)
+    for w in m.warnings:
+        level = logging.INFO if w["kind"] == "no_labels" else logging.WARNING
+        log.log(level, "%s%s: %s", m.file, f" line {w['line']}" if w["line"] else "", w["detail"])
+    skipped_file = Path(output_dir) / SKIPPED_FILE if output_dir is not None else None
+    if skipped_file is not None:
+        skipped_file.unlink(missing_ok=True)
+    if m.problems:
+        counts = ", ".join(f"{k}: {n}" for k, n in Counter(p["kind"] for p in m.problems).items())
+        if on_bad_file == "fail":
+            raise VitftError(
+                f"{len(m.problems)} bad row(s) in {m.file} ({counts}):\n{m.problem_list()}\n"
+                "Fix the manifest (python check_data.py data=manifest lists every problem), or "
+                "set data.on_bad_file=skip to train without these rows"
+            )
+        log.warning(
+            "data.on_bad_file=skip: %d row(s) of %s not used (%s)%s:\n%s",
+            len(m.problems), m.file, counts,
+            f", listed in {skipped_file}" if skipped_file else "", m.problem_list(),
+        )  # fmt: skip
+        if skipped_file is not None:
+            skipped_file.parent.mkdir(parents=True, exist_ok=True)
+            skipped_file.write_text(
+                json.dumps({"manifest": str(m.file), "rows": m.problems}, indent=2)
+            )
+    return manifest_splits(m, val_fraction, test_fraction, split_seed)
+
+
+def manifest_splits(
+    m: Manifest, val_fraction: float = 0.15, test_fraction: float = 0.15, split_seed: int = 0
+) -> DatasetSplits:
+    """The usable rows of a read manifest as train/val/test (carved where there is no split)."""
+    if not m.rows:
+        raise VitftError(f"manifest {m.file}: no usable rows left")
+    index = {c: i for i, c in enumerate(m.classes)}
+    samples: dict[str, list[Sample]] = defaultdict(list)
+    for r in m.rows:
+        if m.multilabel:
+            label = tuple(int(c in r.labels) for c in m.classes)
+        else:
+            label = index[r.labels[0]]
+        samples[r.split or "train"].append((r.path, label))
+    if "train" not in samples:
+        raise VitftError(f"manifest {m.file} has no train rows (split column)")
+    samples = {s: sorted(v) for s, v in samples.items()}
+    given = "split column" if any(r.split for r in m.rows) else "manifest"
+    origin = carve_missing(
+        samples, m.file, val_fraction, test_fraction, split_seed, m.multilabel, given
+    )
+    return DatasetSplits(
+        m.file,
+        m.classes,
+        samples["train"],
+        samples["val"],
+        samples["test"],
+        origin,
+        multilabel=m.multilabel,
+    )

@@ -1,0 +1,140 @@
+"""Multi-label decisions shared by training, evaluation, prediction and export parity.
+
+A multi-label model has ``config.problem_type == "multi_label_classification"`` (the HF field, so
+``transformers.pipeline`` applies a sigmoid too): one independent sigmoid per class, and a class is
+present when its probability reaches that class's threshold. Thresholds are tuned on val to
+maximise each class's F1 and travel with the model (``vitft.json``, export ``metadata.json``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torchmetrics.functional.classification import (
+    multilabel_average_precision,
+    multilabel_confusion_matrix,
+    multilabel_exact_match,
+    multilabel_f1_score,
+    multilabel_hamming_distance,
+    multilabel_precision,
+    multilabel_precision_recall_curve,
+    multilabel_recall,
+)
+
+from vitft.errors import VitftError
+
+PROBLEM_TYPE = "multi_label_classification"
+DEFAULT_THRESHOLD = 0.5
+
+
+def is_multilabel(config: Any) -> bool:
+    """Whether an HF config (or a dict of one, or export metadata) is multi-label."""
+    get = config.get if isinstance(config, dict) else lambda k, d=None: getattr(config, k, d)
+    return get("problem_type") == PROBLEM_TYPE or bool(get("multilabel", False))
+
+
+def tune_from_curve(
+    precision: list[torch.Tensor], recall: list[torch.Tensor], thresholds: list[torch.Tensor]
+) -> list[float | None]:
+    """Per class, the threshold that maximises F1 on a PR curve (None: no positives to tune on).
+
+    The threshold is put halfway between the chosen score and the next lower one, so the same
+    val decisions hold with a margin on both sides.
+    """
+    out: list[float | None] = []
+    for p, r, t in zip(precision, recall, thresholds, strict=True):
+        p, r = p[:-1], r[:-1]  # the last point (recall 0, precision 1) has no threshold
+        if len(t) == 0 or float(p.max()) == 0.0:  # no positives: precision 0 everywhere
+            out.append(None)
+            continue
+        f1 = 2 * p * r / (p + r).clamp(min=1e-12)
+        best = int(torch.argmax(f1))  # first maximum: the lowest threshold with the best F1
+        below = float(t[best - 1]) if best > 0 else 0.0
+        out.append((float(t[best]) + below) / 2)
+    return out
+
+
+def curve_ap(precision: torch.Tensor, recall: torch.Tensor) -> float | None:
+    """Average precision of one class's PR curve (None without positives)."""
+    if precision.numel() < 2 or float(precision[:-1].max()) == 0.0:
+        return None
+    return float(-torch.sum((recall[1:] - recall[:-1]) * precision[:-1]))
+
+
+def tune_thresholds(probs: torch.Tensor, target: torch.Tensor) -> list[float | None]:
+    """Per-class F1-maximising thresholds for ``probs`` ``(N, C)`` against 0/1 ``target``."""
+    curve = multilabel_precision_recall_curve(probs, target.long(), probs.shape[1])
+    return tune_from_curve(*curve)
+
+
+def filled(thresholds: list[float | None]) -> list[float]:
+    """Tuned thresholds with the default for classes that could not be tuned."""
+    return [DEFAULT_THRESHOLD if t is None else float(t) for t in thresholds]
+
+
+def decide(probs: torch.Tensor, thresholds: torch.Tensor | list[float]) -> torch.Tensor:
+    """``(N, C)`` 0/1: class present where its probability reaches its threshold."""
+    return (probs >= torch.as_tensor(thresholds, dtype=probs.dtype)).long()
+
+
+def label_sets(present: torch.Tensor, labels: list[str]) -> list[list[str]]:
+    return [[labels[j] for j in row.nonzero().flatten().tolist()] for row in present]
+
+
+def pos_weights(spec: Any, positives: torch.Tensor, n_images: int) -> list[float] | None:
+    """BCE ``pos_weight``: null, ``auto`` (negatives / positives per class in train) or a list."""
+    if spec is None:
+        return None
+    if spec == "auto":
+        weights = (n_images - positives) / positives.clamp(min=1)
+        return [round(float(w), 6) for w in weights]
+    weights = [float(w) for w in spec]
+    if len(weights) != len(positives):
+        raise VitftError(
+            f"loss.class_weights has {len(weights)} values but the data has "
+            f"{len(positives)} classes"
+        )
+    return weights
+
+
+def compute_metrics(
+    probs: torch.Tensor, target: torch.Tensor, classes: list[str], thresholds: list[float]
+) -> dict[str, Any]:
+    """Subset accuracy, Hamming loss, micro/macro F1, per-class P/R/F1/AP/support, confusion."""
+    n = len(classes)
+    target = target.long()
+    preds = decide(probs, thresholds)
+    support = target.sum(0)
+    per_class = {
+        "precision": multilabel_precision(preds, target, n, average=None),
+        "recall": multilabel_recall(preds, target, n, average=None),
+        "f1": multilabel_f1_score(preds, target, n, average=None),
+        "average_precision": multilabel_average_precision(probs, target, n, average=None),
+    }
+    ranked = (support > 0) & (support < len(target))
+    metrics: dict[str, Any] = {
+        "images": len(target),
+        "subset_accuracy": float(multilabel_exact_match(preds, target, n)),
+        "hamming_loss": float(multilabel_hamming_distance(preds, target, n, average="micro")),
+        "f1_micro": float(multilabel_f1_score(preds, target, n, average="micro")),
+        "f1_macro": float(multilabel_f1_score(preds, target, n, average="macro")),
+        "map": float(per_class["average_precision"][ranked].mean()) if ranked.any() else None,
+    }
+    metrics["per_class"] = {
+        cls: {
+            **{
+                name: float(v[i]) if (name != "average_precision" or ranked[i]) else None
+                for name, v in per_class.items()
+            },
+            "support": int(support[i]),
+            "threshold": float(thresholds[i]),
+        }
+        for i, cls in enumerate(classes)
+    }
+    # Per class [[TN, FP], [FN, TP]].
+    metrics["confusion"] = {
+        cls: m.tolist()
+        for cls, m in zip(classes, multilabel_confusion_matrix(preds, target, n), strict=True)
+    }
+    return metrics
