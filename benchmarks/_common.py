@@ -126,10 +126,36 @@ def interleaved(fns: dict[str, Callable[[], float]], reps: int) -> dict[str, lis
     return out
 
 
+def sync() -> None:
+    """Wait for queued GPU work, so a timer stops when the GPU is done (a no-op on the CPU)."""
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def timed(fn: Callable[[], object]) -> float:
+    sync()
     start = time.perf_counter()
     fn()
+    sync()
     return time.perf_counter() - start
+
+
+def write_results(
+    name: str, headers: list[str], rows: list[list], folder: Path | None = None
+) -> Path:
+    """The table as ``benchmarks/results/<name>.csv`` (with the machine in every row)."""
+    import csv
+
+    out = Path(folder or ROOT / "benchmarks" / "results") / f"{name}.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    note = f"{machine_note()} {cpu_flags()}"
+    with open(out, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow([*headers, "machine"])
+        writer.writerows([*r, note] for r in rows)
+    return out
 
 
 def table(headers: list[str], rows: list[list]) -> str:

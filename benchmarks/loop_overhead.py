@@ -18,7 +18,18 @@ import copy
 import time
 
 import torch
-from _common import DATA, compose, machine_note, median, model_overrides, set_threads, table
+from _common import (
+    DATA,
+    compose,
+    cpu_flags,
+    machine_note,
+    median,
+    model_overrides,
+    set_threads,
+    sync,
+    table,
+    write_results,
+)
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -28,9 +39,11 @@ class EpochTimer(Callback):
         self.times: list[float] = []
 
     def on_train_epoch_start(self, trainer, pl_module):
+        sync()
         self._start = time.perf_counter()
 
     def on_train_epoch_end(self, trainer, pl_module):
+        sync()
         self.times.append(time.perf_counter() - self._start)
 
 
@@ -70,7 +83,10 @@ def vitft_fit(cfg, model, loader: DataLoader, epochs: int) -> list[float]:
     return timer.times
 
 
-def plain_fit(cfg, model, loader: DataLoader, epochs: int) -> list[float]:
+def plain_fit(
+    cfg, model, loader: DataLoader, epochs: int, device: str = "cpu", precision: str = "32-true"
+) -> list[float]:
+    """The hand-written loop; ``precision`` bf16-mixed autocasts like Lightning's plugin."""
     from hydra.utils import instantiate
 
     from vitft.module import build_optimizer
@@ -81,18 +97,23 @@ def plain_fit(cfg, model, loader: DataLoader, epochs: int) -> list[float]:
     scheduler = schedule(optimizer=optimizer, num_warmup_steps=0, num_training_steps=total)
     criterion = torch.nn.CrossEntropyLoss()
     clip = cfg.trainer.gradient_clip_val
-    model.train()
+    model.to(device).train()
+    bf16 = precision == "bf16-mixed"
     times = []
     for _ in range(epochs):
+        sync()
         start = time.perf_counter()
         for x, y in loader:
-            loss = criterion(model(x), y)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with torch.autocast(torch.device(device).type, torch.bfloat16, enabled=bf16):
+                loss = criterion(model(x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
             optimizer.step()
             scheduler.step()
+        sync()
         times.append(time.perf_counter() - start)
     return times
 
@@ -112,6 +133,7 @@ def main() -> None:
 
     threads = set_threads()
     print(machine_note())
+    print(cpu_flags())
     repeat = args.repeat or (1 if args.quick else 4)
     epochs = args.epochs or (2 if args.quick else 4)
     reps = args.reps or (1 if args.quick else 3)
@@ -136,22 +158,19 @@ def main() -> None:
         rows.append(
             [name, args.model, args.batch_size, n, len(times), median(times), ips, ips / plain]
         )
+    headers = [
+        "loop",
+        "model",
+        "batch",
+        "images/epoch",
+        "epochs timed",
+        "median epoch s",
+        "images/s",
+        "ratio vs plain",
+    ]
     print()
-    print(
-        table(
-            [
-                "loop",
-                "model",
-                "batch",
-                "images/epoch",
-                "epochs timed",
-                "median epoch s",
-                "images/s",
-                "ratio vs plain",
-            ],
-            rows,
-        )
-    )
+    print(table(headers, rows))
+    print(f"wrote {write_results('loop_overhead', headers, rows)}")
     print(f"(torch threads={threads}; A/B fits interleaved {reps}x, first epoch of each dropped)")
     print(f"RESULT loop_overhead {rows[1][6] / plain:.3f}")
 

@@ -3,8 +3,10 @@
 One image per request (a PNG of the defect data, decoded in both paths), at concurrency 1 and 8.
 In-process: ``Predictor.predict([image])`` from 1 or 8 threads. Service: ``vitft serve`` in a
 subprocess on 127.0.0.1, with 1 or 8 client threads POSTing the PNG (raw image body, keep-alive).
-Both sides use the same torch thread count (VITFT_BENCH_THREADS, default 1). The rounds alternate
-the sides so that load from other processes falls on both; figures are medians over rounds.
+Both sides use the same torch intra-op thread count (VITFT_BENCH_THREADS, default: all cores;
+the service runs its forward passes on one thread, so intra-op threads are its only parallelism).
+The rounds alternate the sides so that load from other processes falls on both; figures are
+medians over rounds.
 
     python benchmarks/serve.py [--quick] [--model tiny|small]
 
@@ -28,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from _common import DATA, ROOT, cpu_flags, machine_note, median, set_threads, table
+from _common import DATA, ROOT, cpu_flags, machine_note, median, table
 
 # A DeiT-Tiny-shaped ViT (5.7 M parameters, 224 px): a realistic small plant model.
 SMALL = {
@@ -70,8 +72,17 @@ def load_images(n: int) -> list[bytes]:
     return out
 
 
-def drive(call, images: list[bytes], concurrency: int, requests: int) -> tuple[float, list[float]]:
-    """(requests/s, latencies in ms) of ``requests`` calls from ``concurrency`` threads."""
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) that process ``pid`` has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def drive(
+    call, cpu, images: list[bytes], concurrency: int, requests: int
+) -> tuple[float, list[float], float]:
+    """(requests/s, latencies in ms, CPU ms per request) of ``requests`` calls from
+    ``concurrency`` threads; ``cpu()`` is the CPU seconds used so far by the side's processes."""
 
     def one(i: int) -> float:
         t0 = time.perf_counter()
@@ -80,10 +91,10 @@ def drive(call, images: list[bytes], concurrency: int, requests: int) -> tuple[f
 
     with ThreadPoolExecutor(concurrency) as pool:
         list(pool.map(one, range(concurrency)))  # warm-up: connections, first passes
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), cpu()
         latencies = list(pool.map(one, range(requests)))
-        wall = time.perf_counter() - t0
-    return requests / wall, latencies
+        wall, used = time.perf_counter() - t0, cpu() - c0
+    return requests / wall, latencies, used * 1000 / requests
 
 
 def start_server(model_dir: Path, threads: int, batch: int, wait_ms: float, run_dir: Path):
@@ -125,11 +136,13 @@ def main() -> None:
     ap.add_argument("--wait-ms", type=float, default=5.0, help="serve batch.max_wait_ms")
     args = ap.parse_args()
     import httpx
+    import torch
     from PIL import Image
 
     from vitft.predict import Predictor
 
-    threads = set_threads()
+    threads = int(os.environ.get("VITFT_BENCH_THREADS", os.cpu_count() or 1))
+    torch.set_num_threads(threads)
     requests = 24 if args.quick else 96
     rounds = 2 if args.quick else 3
     images = load_images(16)
@@ -150,13 +163,18 @@ def main() -> None:
             )
             r.raise_for_status()
 
-        results: dict[tuple[str, int], list[tuple[float, list[float]]]] = {}
+        # CPU of each side: this process (in-process), or the service plus its HTTP client.
+        sides = {
+            "in-process": (in_process, time.process_time),
+            "serve": (over_http, lambda: process_cpu(proc.pid) + time.process_time()),
+        }
+        results: dict[tuple[str, int], list[tuple[float, list[float], float]]] = {}
         try:
             for _ in range(rounds):
                 for conc in (1, 8):
-                    for side, call in (("in-process", in_process), ("serve", over_http)):
+                    for side, (call, cpu) in sides.items():
                         results.setdefault((side, conc), []).append(
-                            drive(call, images, conc, requests)
+                            drive(call, cpu, images, conc, requests)
                         )
         finally:
             proc.terminate()
@@ -164,27 +182,33 @@ def main() -> None:
 
     rows = []
     for (side, conc), runs in results.items():
-        rps = median([r for r, _ in runs])
-        lat = np.concatenate([np.array(ms) for _, ms in runs])
+        lat = np.concatenate([np.array(r[1]) for r in runs])
         rows.append(
             [
                 side,
                 conc,
                 requests,
                 rounds,
-                rps,
+                median([r[0] for r in runs]),
                 float(np.percentile(lat, 50)),
                 float(np.percentile(lat, 99)),
+                median([r[2] for r in runs]),
             ]
         )
     rps = {(r[0], r[1]): r[4] for r in rows}
+    cpu_ms = {(r[0], r[1]): r[7] for r in rows}
     ratios = {c: rps[("serve", c)] / rps[("in-process", c)] for c in (1, 8)}
+    cpu_ratio = cpu_ms[("in-process", 8)] / cpu_ms[("serve", 8)]
     headers = ["side", "concurrency", "requests", "rounds", "req_per_s", "p50_ms", "p99_ms"]
+    headers.append("cpu_ms_per_req")
     print(f"model={args.model} batch.max_size={args.batch} batch.max_wait_ms={args.wait_ms}")
     print(machine_note())
     print(cpu_flags())
     print(table(headers, rows))
     print(f"throughput ratio serve / in-process: c=1 {ratios[1]:.3f}, c=8 {ratios[8]:.3f}")
+    # On a shared machine wall-clock throughput also measures how much CPU each side wins from
+    # the neighbours (8 caller threads win more than one forward thread); CPU per request doesn't.
+    print(f"requests per CPU-second, serve / in-process at c=8: {cpu_ratio:.3f}")
     out = ROOT / "benchmarks" / "results" / "serve.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", newline="") as f:

@@ -183,3 +183,26 @@ def test_train_uses_cache_and_exports_the_full_model(tmp_path):
     # A second run reuses every entry.
     _, again = train(make_cfg(tmp_path / "run2", data, "freeze=backbone", "debug=fdr"))
     assert all(c.hit for c in again["datamodule"].cached.values())
+
+
+def test_prepare_data_builds_the_entries_once_for_every_rank(setup, tmp_path):
+    # Lightning runs prepare_data in one process per node, the others wait at a barrier; their
+    # setup() must then find complete entries instead of building their own.
+    from types import SimpleNamespace
+
+    from lightning.pytorch.trainer.states import TrainerFn
+
+    splits, model, processor, _ = setup
+    trainer = SimpleNamespace(
+        state=SimpleNamespace(fn=TrainerFn.FITTING),
+        strategy=SimpleNamespace(root_device=torch.device("cpu")),
+    )
+    cache = FeatureCache(model, processor, tmp_path / "cache", views=1)
+    rank0 = FeatureDataModule(splits, processor, cache)
+    rank0.trainer = trainer
+    rank0.prepare_data()
+    assert {s: c.hit for s, c in rank0.cached.items()} == {"train": False, "val": False}
+    rank1 = FeatureDataModule(splits, processor, cache)
+    rank1.trainer = trainer
+    rank1.setup("fit")
+    assert {s: c.hit for s, c in rank1.cached.items()} == {"train": True, "val": True}

@@ -309,6 +309,11 @@ class FeatureDataModule(FolderDataModule):
             self.cached[split] = self.cache.get(self.splits.split(split), augment, device)
         return self.cached[split]
 
+    def prepare_data(self) -> None:
+        # Lightning calls this in one process per node and holds the others at a barrier until
+        # it returns: the entries are built once, and every rank's setup() then finds them.
+        self.setup(self.trainer.state.fn.value if self.trainer is not None else None)
+
     def setup(self, stage: str | None = None) -> None:
         # Build the entries up front, where Lightning expects slow preparation to happen.
         needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}

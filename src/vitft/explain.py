@@ -220,7 +220,8 @@ def explain(cfg: Any) -> list[Path]:
 
     if not cfg.get("inputs"):
         raise VitftError("set inputs=<image | folder | glob> (a list works too)")
-    predictor = Predictor.from_path(cfg.get("model_dir"), cfg.get("ckpt_path"), device="cpu")
+    device = cfg.get("device", "auto")
+    predictor = Predictor.from_path(cfg.get("model_dir"), cfg.get("ckpt_path"), device=device)
     model = predictor.backend.model
     explainer = Explainer(model, float(cfg.discard_ratio), str(cfg.head_fusion))
     methods = list(cfg.methods)
@@ -245,7 +246,9 @@ def explain(cfg: Any) -> list[Path]:
         pixels = predictor.transform(image)[None]
         probs = predictor.probabilities(pixels)[0]
         cls = int(probs.argmax()) if target is None else target
-        maps = explainer.explain(pixels, methods, torch.tensor([cls]))
+        on = next(model.parameters()).device
+        maps = explainer.explain(pixels.to(on), methods, torch.tensor([cls], device=on))
+        maps = {m: v.detach().cpu() for m, v in maps.items()}
         title = f"{path.name}: {predictor.labels[int(probs.argmax())]} {float(probs.max()):.2f}"
         fig = heatmap_figure(
             [image], {m: [maps[m][0]] for m in methods}, [title], explained=predictor.labels[cls]

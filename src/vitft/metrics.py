@@ -1,8 +1,14 @@
-"""torchmetrics collections for classification, one per stage (train/val/test)."""
+"""torchmetrics collections for classification, one per stage (train/val/test).
+
+``validate_args=False``: the checks look at tensor values on the host, a GPU sync per step; preds
+are argmax indices and targets come from our own label mapping.
+"""
 
 from __future__ import annotations
 
-from torchmetrics import MetricCollection
+import torch
+from torch import Tensor
+from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
     MulticlassConfusionMatrix,
@@ -28,22 +34,22 @@ def build_metrics(num_classes: int, prefix: str, multilabel: bool = False) -> Me
         n = num_classes
         return MetricCollection(
             {
-                "acc": MultilabelExactMatch(n),
-                "hamming": MultilabelHammingDistance(n, average="micro"),
-                "f1_micro": MultilabelF1Score(n, average="micro"),
-                "f1_macro": MultilabelF1Score(n, average="macro"),
-                "precision": MultilabelPrecision(n, average=None),
-                "recall": MultilabelRecall(n, average=None),
-                "f1": MultilabelF1Score(n, average=None),
+                "acc": MultilabelExactMatch(n, validate_args=False),
+                "hamming": MultilabelHammingDistance(n, average="micro", validate_args=False),
+                "f1_micro": MultilabelF1Score(n, average="micro", validate_args=False),
+                "f1_macro": MultilabelF1Score(n, average="macro", validate_args=False),
+                "precision": MultilabelPrecision(n, average=None, validate_args=False),
+                "recall": MultilabelRecall(n, average=None, validate_args=False),
+                "f1": MultilabelF1Score(n, average=None, validate_args=False),
             },
             prefix=prefix,
         )
     return MetricCollection(
         {
-            "acc": MulticlassAccuracy(num_classes, average="micro"),
-            "f1_macro": MulticlassF1Score(num_classes, average="macro"),
-            "precision": MulticlassPrecision(num_classes, average=None),
-            "recall": MulticlassRecall(num_classes, average=None),
+            "acc": MulticlassAccuracy(num_classes, average="micro", validate_args=False),
+            "f1_macro": MulticlassF1Score(num_classes, average="macro", validate_args=False),
+            "precision": MulticlassPrecision(num_classes, average=None, validate_args=False),
+            "recall": MulticlassRecall(num_classes, average=None, validate_args=False),
         },
         prefix=prefix,
     )
@@ -54,8 +60,30 @@ def build_confusion(
 ) -> MulticlassConfusionMatrix | MultilabelConfusionMatrix:
     """Single-label: true x predicted. Multi-label: per class [[TN, FP], [FN, TP]]."""
     if multilabel:
-        return MultilabelConfusionMatrix(num_classes)
-    return MulticlassConfusionMatrix(num_classes)
+        return MultilabelConfusionMatrix(num_classes, validate_args=False)
+    return MulticlassConfusionMatrix(num_classes, validate_args=False)
+
+
+class BatchMean(Metric):
+    """Mean of per-batch values weighted by batch size (the epoch loss), synchronised over ranks.
+
+    Nothing in ``update`` waits for the GPU: torchmetrics' MeanMetric checks every value for NaN
+    on the host (and its nan_strategy="disable" drops the weights). A NaN loss shows as NaN.
+    """
+
+    full_state_update = False
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.add_state("total", torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("count", torch.tensor(0.0), dist_reduce_fx="sum")
+
+    def update(self, value: Tensor, n: int) -> None:
+        self.total += value.detach().to(self.total.dtype) * n
+        self.count += n
+
+    def compute(self) -> Tensor:
+        return self.total / self.count
 
 
 def flatten(values: dict, classes: list[str]) -> dict[str, float]:

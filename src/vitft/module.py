@@ -15,11 +15,10 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from torchmetrics import MeanMetric
 from torchmetrics.classification import MultilabelPrecisionRecallCurve
 
 from vitft.distill import kd_loss
-from vitft.metrics import build_confusion, build_metrics, flatten
+from vitft.metrics import BatchMean, build_confusion, build_metrics, flatten
 from vitft.models.backbone import backbone_parts
 from vitft.models.classifier import ImageClassifier
 from vitft.multilabel import DEFAULT_THRESHOLD, curve_ap, is_multilabel, tune_from_curve
@@ -170,8 +169,8 @@ class ClassifierModule(L.LightningModule):
         # self.log(loss, sync_dist=True) per step, DDP deadlocked: rank 0's progress bar reduces
         # the logged loss in on_train_epoch_end (callbacks run before the module's hook) while
         # the other ranks, whose bars are off, are already gathering metrics in _epoch_end.
-        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
-        self.train_kd_loss = MeanMetric()
+        self.train_loss, self.val_loss, self.test_loss = BatchMean(), BatchMean(), BatchMean()
+        self.train_kd_loss = BatchMean()
         # Last computed confusion matrices (rows: true class, columns: predicted).
         self.confusion_matrices: dict[str, list[list[int]]] = {}
 
@@ -198,13 +197,13 @@ class ClassifierModule(L.LightningModule):
         if stage == "train" and self.teacher is not None:
             soft = kd_loss(logits, self.teacher(x), self.distill["temperature"])
             weight = float(self.distill["weight"])
-            self.train_kd_loss.update(soft.detach(), weight=len(y))
+            self.train_kd_loss.update(soft.detach(), len(y))
             loss = (1 - weight) * loss + weight * soft
         preds = logits.argmax(dim=-1)
         getattr(self, f"{stage}_metrics").update(preds, y)
         if stage != "train":
             getattr(self, f"{stage}_confusion").update(preds, y)
-        getattr(self, f"{stage}_loss").update(loss.detach(), weight=len(y))
+        getattr(self, f"{stage}_loss").update(loss.detach(), len(y))
         return loss
 
     def _multilabel_step(self, logits: torch.Tensor, y: torch.Tensor, stage: str) -> torch.Tensor:
@@ -218,7 +217,7 @@ class ClassifierModule(L.LightningModule):
         if stage != "train":
             getattr(self, f"{stage}_confusion").update(preds, y)
             getattr(self, f"{stage}_curve").update(probs, y)
-        getattr(self, f"{stage}_loss").update(loss.detach(), weight=len(y))
+        getattr(self, f"{stage}_loss").update(loss.detach(), len(y))
         return loss
 
     def _curve_end(self, stage: str, values: dict[str, float]) -> None:

@@ -20,6 +20,7 @@ from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger as _CSVLogger
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
@@ -75,8 +76,11 @@ def run_id(output_dir: Path, ckpt_path: str | None) -> str:
         rid = id_file.read_text().strip()
     if not rid:
         rid = uuid.uuid4().hex[:8]  # W&B's id format: 8 lowercase alphanumerics
-    id_file.parent.mkdir(parents=True, exist_ok=True)
-    id_file.write_text(rid)
+    # Under srun every rank starts at once: only rank 0 (the one that logs) keeps its id, else
+    # another rank's id could overwrite it and a requeued job would open a second W&B run.
+    if rank_zero_only.rank == 0:
+        id_file.parent.mkdir(parents=True, exist_ok=True)
+        id_file.write_text(rid)
     return rid
 
 

@@ -18,6 +18,7 @@ import torch
 from omegaconf import DictConfig
 
 from vitft.data.transforms import processor_facts
+from vitft.deploy import openvino
 from vitft.errors import VitftError
 from vitft.export import onnx as onnx_export
 from vitft.export import quantize, tflite
@@ -33,6 +34,7 @@ from vitft.export.parity import (
     write_parity,
 )
 from vitft.export.runtime import load_exported
+from vitft.modelio.card import update_card_exports
 from vitft.models.resolution import set_image_size
 from vitft.multilabel import is_multilabel
 
@@ -56,7 +58,13 @@ FORMATS: dict[str, Format] = {
     "torch_int8": Format("torchscript", "int8", "model.pt", "PyTorch dynamic int8 (Linear)"),
     "tflite": Format("litert", "fp32", "model.tflite", "LiteRT fp32"),
     "tflite_int8": Format("litert", "int8", "model.tflite", "LiteRT dynamic-range int8"),
+    "openvino": Format("openvino", "fp32", "model.xml", "OpenVINO IR fp32"),
+    "openvino_int8": Format(
+        "openvino", "int8", "model.xml", "OpenVINO IR int8 (NNCF post-training, calibrated)"
+    ),
 }
+# Formats that quantize with activation statistics of calibration images (train split).
+CALIBRATED = ("onnx_int8_static", "openvino_int8")
 
 
 def _check_formats(formats: list[str]) -> list[str]:
@@ -100,6 +108,11 @@ def _write_one(
         shutil.copy(fp32_tflite(), dst)
     elif fmt == "tflite_int8":
         tflite.tflite_int8_dynamic(fp32_tflite(), dst)
+    elif fmt == "openvino":
+        openvino.export_openvino(fp32_onnx(), dst)
+    elif fmt == "openvino_int8":
+        assert calibration is not None
+        openvino.openvino_int8(fp32_onnx(), dst, calibration.x)
 
 
 def export(cfg: DictConfig) -> dict[str, dict]:
@@ -123,7 +136,7 @@ def export(cfg: DictConfig) -> dict[str, dict]:
         data, model.labels, processor, par.split, par.get("max_images"), multilabel
     )
     calibration = None
-    if "onnx_int8_static" in formats:
+    if any(f in CALIBRATED for f in formats):
         calibration = load_images(
             data, model.labels, processor, "train", cfg.calibration_images, multilabel
         )
@@ -172,12 +185,15 @@ def export(cfg: DictConfig) -> dict[str, dict]:
                 threshold=threshold,
                 batch_size=int(par.get("batch_size") or 1),
                 passed=result["agreement"] >= threshold,
-                size_mb=(folder / spec.file).stat().st_size / 1e6,
+                # the model file and its siblings (OpenVINO's model.bin beside model.xml)
+                size_mb=sum(f.stat().st_size for f in folder.glob(Path(spec.file).stem + ".*"))
+                / 1e6,
             )
             write_parity(folder, result)
             print(format_row(fmt, result), flush=True)
             results[fmt] = result
     (out / "parity.json").write_text(json.dumps(results, indent=2))
+    update_card_exports(model_dir, results, out)  # model/README.md lists formats + parity
     failed = [f for f, r in results.items() if not r["passed"]]
     if failed and par.get("fail", True):
         raise VitftError(

@@ -140,11 +140,30 @@ def _litert(folder: Path, meta: dict, threads: int | None) -> Predict:
     return predict
 
 
+def _openvino(folder: Path, meta: dict, threads: int | None) -> Predict:
+    import openvino as ov
+
+    config: dict = {"PERFORMANCE_HINT": "LATENCY"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    if meta.get("precision") == "fp32":
+        # CPUs with bf16/AMX would otherwise run an fp32 model in bf16 by default.
+        config["INFERENCE_PRECISION_HINT"] = "f32"
+    compiled = ov.Core().compile_model(str(folder / meta["file"]), "CPU", config)
+    output = compiled.output(0)
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        return compiled(np.ascontiguousarray(x, np.float32))[output]
+
+    return predict
+
+
 RUNTIMES: dict[str, Callable[[Path, dict, int | None], Predict]] = {
     "pytorch": _pytorch,
     "torchscript": _torchscript,
     "onnxruntime": _onnxruntime,
     "litert": _litert,
+    "openvino": _openvino,
 }
 
 
@@ -154,8 +173,8 @@ def load_exported(
     """Load an export folder (or an HF model dir, run in PyTorch fp32) for inference.
 
     ``threads``: intra-op threads (torch.set_num_threads / ORT intra_op_num_threads / LiteRT
-    num_threads); None keeps each runtime's default. ``device``: cpu, or cuda/auto for ONNX
-    Runtime exports (see ``ort_providers``).
+    num_threads / OpenVINO INFERENCE_NUM_THREADS); None keeps each runtime's default.
+    ``device``: cpu, or cuda/auto for ONNX Runtime exports (see ``ort_providers``).
     """
     folder = Path(folder)
     if not (folder / METADATA_FILE).is_file() and (folder / "config.json").is_file():

@@ -7,7 +7,6 @@ images produced this model" months later, without the machine that trained it.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import platform
 import subprocess
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from vitft.data.folder import class_name
+from vitft.export.metadata import sha256
 
 PROVENANCE_FILE = "provenance.json"
 MANIFEST_FILE = "split_manifest.csv"
@@ -72,7 +72,7 @@ def pretrained_revision(model_cfg: Any) -> dict | None:
             "source": source,
             "kind": "local",
             "path": str(path.resolve()),
-            "weights_sha256": _sha256(weights) if weights.is_file() else None,
+            "weights_sha256": sha256(weights) if weights.is_file() else None,
         }
     from huggingface_hub import try_to_load_from_cache
 
@@ -82,14 +82,6 @@ def pretrained_revision(model_cfg: Any) -> dict | None:
     if isinstance(cached, str):  # .../snapshots/<commit sha>/config.json
         commit = Path(cached).parent.name
     return {"source": source, "kind": "hub", "requested": requested, "commit": commit}
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def write_split_manifest(output_dir: str | Path, splits: Any) -> Path:
@@ -121,7 +113,7 @@ def write_provenance(output_dir: str | Path, model_cfg: Any, splits: Any) -> dic
             "counts": {s: splits.counts(s) for s in ("train", "val", "test")},
             "origin": dict(splits.origin),
             "manifest": manifest.name,
-            "manifest_sha256": _sha256(manifest),
+            "manifest_sha256": sha256(manifest),
         },
     }
     (output_dir / PROVENANCE_FILE).write_text(json.dumps(record, indent=2))
