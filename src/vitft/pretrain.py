@@ -7,10 +7,8 @@ model dir in <run>/model with pretraining.json (method, data, epochs, loss curve
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import lightning as L
-import transformers
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
@@ -21,18 +19,14 @@ from vitft.models.backbone import load_backbone
 from vitft.pretraining.data import UnlabelledDataModule, find_images, screen
 from vitft.pretraining.encoder import save_encoder, vit_encoder
 from vitft.pretraining.module import PretrainModule
-from vitft.train import _instantiate_all, _start_fresh, resolve_ckpt_path
+from vitft.train import _instantiate_all, _start_fresh, open_run
 
 log = logging.getLogger(__name__)
 
 
 def pretrain(cfg: DictConfig) -> tuple[dict, dict]:
     """Pretrain ``cfg.model``'s encoder with ``cfg.pretraining``; returns (summary, objects)."""
-    transformers.utils.logging.disable_progress_bar()
-    L.seed_everything(cfg.seed, workers=True)
-    output_dir = Path(cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = resolve_ckpt_path(cfg, output_dir)
+    output_dir, ckpt_path = open_run(cfg)
 
     data = cfg.data
     images = screen(find_images(data.roots), output_dir, data.get("check", "header"))

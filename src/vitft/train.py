@@ -116,13 +116,18 @@ def _scalars(results: list[dict]) -> dict[str, float]:
     return {k: float(v) for r in results for k, v in r.items()}
 
 
-def train(cfg: DictConfig) -> tuple[dict, dict]:
-    """Train, test and export one model. Returns (metrics, objects)."""
+def open_run(cfg: DictConfig) -> tuple[Path, str | None]:
+    """Seed, create the run dir, and find the checkpoint to continue from (or None)."""
     transformers.utils.logging.disable_progress_bar()
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = resolve_ckpt_path(cfg, output_dir)
+    return output_dir, resolve_ckpt_path(cfg, output_dir)
+
+
+def train(cfg: DictConfig) -> tuple[dict, dict]:
+    """Train, test and export one model. Returns (metrics, objects)."""
+    output_dir, ckpt_path = open_run(cfg)
 
     data = cfg.data
     splits = scan_data(data, cfg.task.get("multilabel"), output_dir)

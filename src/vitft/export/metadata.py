@@ -6,7 +6,6 @@ format and the sha256 of the source model weights (so a deployed file can be tra
 
 from __future__ import annotations
 
-import hashlib
 import json
 from datetime import datetime, timezone
 from pathlib import Path
@@ -14,17 +13,10 @@ from typing import Any
 
 from vitft import __version__
 from vitft.errors import VitftError
+from vitft.weights import sha256
 
 METADATA_FILE = "metadata.json"
 PARITY_FILE = "parity.json"
-
-
-def sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def source_sha256(model_dir: str | Path) -> str | None:
