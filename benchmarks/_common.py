@@ -145,10 +145,13 @@ def timed(fn: Callable[[], object]) -> float:
 def write_results(
     name: str, headers: list[str], rows: list[list], folder: Path | None = None
 ) -> Path:
-    """The table as ``benchmarks/results/<name>.csv`` (with the machine in every row)."""
+    """The table as ``benchmarks/results/<name>.csv`` (with the machine in every row).
+
+    ``VITFT_RESULTS_DIR`` redirects it (the tests' quick runs must not overwrite the figures)."""
     import csv
 
-    out = Path(folder or ROOT / "benchmarks" / "results") / f"{name}.csv"
+    default = os.environ.get("VITFT_RESULTS_DIR") or ROOT / "benchmarks" / "results"
+    out = Path(folder or default) / f"{name}.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
     note = f"{machine_note()} {cpu_flags()}"
     with open(out, "w", newline="") as f:

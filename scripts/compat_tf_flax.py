@@ -1,9 +1,10 @@
 """Check that a fresh vitft export loads in TensorFlow and Flax (transformers 4.x, from_pt).
 
 transformers 5 removed the TF and Flax model classes; teams on those stacks run transformers 4.x.
-This builds a separate venv (system site-packages for torch, which from_pt needs) with
-transformers 4.57.6, tensorflow-cpu, tf-keras and flax, saves a fresh export with the current
-vitft, loads it there in TF and Flax and compares their logits with PyTorch's.
+This builds a separate venv with transformers 4.57.6, tensorflow-cpu, tf-keras and flax that also
+sees this interpreter's packages (torch, which from_pt needs), saves a fresh export with the current
+vitft, loads it there in TF and Flax and compares their logits with PyTorch's. Works from the
+system interpreter and from a venv alike.
 
     python scripts/compat_tf_flax.py [--venv .venv-compat] [--tol 1e-4]
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import site
 import subprocess
 import sys
 import tempfile
@@ -46,6 +48,24 @@ print(json.dumps({
 """
 
 
+def see_our_packages(python: Path) -> None:
+    """Let the venv of ``python`` import this interpreter's packages, after its own.
+
+    ``--system-site-packages`` alone is not enough: from a venv, ``python -m venv`` links the new
+    venv to the *base* interpreter, whose site-packages lack torch when vitft lives in a venv.
+    A .pth file in the new venv appends our site-packages to its path (its own come first, so
+    its transformers 4.x shadows our 5.x).
+    """
+    ours = [*site.getsitepackages(), site.getusersitepackages()]
+    purelib = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    (Path(purelib) / "vitft_parent.pth").write_text("\n".join(ours) + "\n")
+
+
 def build_venv(venv: Path) -> float:
     """Create ``venv`` with PACKAGES unless it has them already; returns seconds spent."""
     start = time.perf_counter()
@@ -54,8 +74,9 @@ def build_venv(venv: Path) -> float:
         subprocess.run(
             [sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True
         )
+    see_our_packages(python)
     probe = (
-        "import transformers, tensorflow, tf_keras, flax; "
+        "import torch, transformers, tensorflow, tf_keras, flax; "
         "assert transformers.__version__ == '4.57.6'"
     )
     if subprocess.run([str(python), "-c", probe], capture_output=True).returncode != 0:

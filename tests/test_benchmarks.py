@@ -19,8 +19,13 @@ SCRIPTS = ["feature_cache", "loop_overhead", "data_pipeline", "memory"]
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", SCRIPTS)
-def test_benchmark_quick_mode(name):
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "WANDB_MODE": "disabled"}
+def test_benchmark_quick_mode(name, tmp_path):
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT / "src"),
+        "WANDB_MODE": "disabled",
+        "VITFT_RESULTS_DIR": str(tmp_path),  # quick-mode tables never replace the measured ones
+    }
     out = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), "--quick"],
         capture_output=True,

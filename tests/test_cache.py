@@ -22,6 +22,7 @@ from vitft.models.classifier import build_model
 from vitft.training.cache import FeatureCache, FeatureDataModule, FeatureDataset, use_cache
 from vitft.training.datamodule import FolderDataModule
 from vitft.training.module import ClassifierModule
+from vitft.training.seeding import draw_seed
 
 SMALL_VIT = {"config": TINY_VIT_CONFIG}
 
@@ -155,11 +156,14 @@ def test_cached_and_uncached_batches_give_the_same_logits(setup):
 def test_random_view_per_epoch(setup):
     splits, _, _, cache = setup
     ds = FeatureDataset(cache.get(splits.train, "industrial"), random_view=True)
-    torch.manual_seed(0)
-    batches = [ds.__getitems__(list(range(len(ds))))[0] for _ in range(4)]
+    # Training keys are (index, sample seed) pairs; each epoch's seeds pick other views.
+    epochs = [[(i, draw_seed(0, epoch, i)) for i in range(len(ds))] for epoch in range(4)]
+    batches = [ds.__getitems__(keys)[0] for keys in epochs]
     assert any(not torch.equal(batches[0], b) for b in batches[1:])
+    assert torch.equal(ds.__getitems__(epochs[1])[0], batches[1])  # a function of the seeds
     x, y = ds[0]
     assert x.shape == (32,) and isinstance(y, int)
+    assert torch.equal(ds[epochs[2][0]][0], batches[2][0])
 
 
 def test_train_uses_cache_and_exports_the_full_model(tmp_path):

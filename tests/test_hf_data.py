@@ -104,3 +104,14 @@ def test_training_on_a_saved_multilabel_dataset(tmp_path):
     OmegaConf.resolve(cfg)
     metrics, objects = train(cfg)
     assert objects["summary"]["multilabel"] and "test/hamming" in metrics
+
+
+def test_doctor_checks_the_images_of_a_saved_dataset(tmp_path):
+    from vitft.data.check import check_files
+    from vitft.data.doctor import DataReport
+
+    s = scan_data(_data(save_dataset(tmp_path / "ds"), tmp_path))
+    s.train[0][0].write_bytes(b"")  # an embedded image that went bad on disk
+    report = check_files(DataReport(str(tmp_path / "ds")), s)
+    assert [b["kind"] for b in report.bad] == ["zero_byte"]
+    assert sum(report.counts["val"].values()) == 6 and report.can_train("skip")

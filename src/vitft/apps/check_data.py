@@ -6,9 +6,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from vitft.data.check import check_manifest
-from vitft.data.doctor import check_dataset
-from vitft.data.sources import source_of
+from vitft.core.errors import VitftError
+from vitft.data.check import check_files, check_manifest
+from vitft.data.doctor import DataReport, check_dataset
+from vitft.data.sources import scan_data, source_of
 
 
 def check_data(cfg: Any) -> int:
@@ -27,6 +28,12 @@ def check_data(cfg: Any) -> int:
             split_seed=data.get("split_seed", 0),
             **split_args,
         )
+    elif source_of(data) == "hf":  # the dataset's images, once they are files
+        report = DataReport(str(location), decode=bool(cfg.decode))
+        try:
+            check_files(report, scan_data({**data, "data_dir": location, "classes": classes}))
+        except VitftError as err:
+            report.errors.append(str(err))
     else:
         report = check_dataset(location, classes, decode=bool(cfg.decode), **split_args)
     policy = data.on_bad_file

@@ -7,17 +7,13 @@ model dir in <run>/model with pretraining.json (method, data, epochs, loss curve
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
-import lightning as L
-import transformers
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from vitft.apps.train import _instantiate_all, resolve_ckpt_path
+from vitft.apps.train import _instantiate_all, open_run
 from vitft.models.backbone import load_backbone
-from vitft.run.rundir import Run
 from vitft.training import tracking
 from vitft.training.factory import build_trainer
 from vitft.training.pretraining.data import UnlabelledDataModule, find_images, screen
@@ -29,11 +25,8 @@ log = logging.getLogger(__name__)
 
 def pretrain(cfg: DictConfig) -> tuple[dict, dict]:
     """Pretrain ``cfg.model``'s encoder with ``cfg.pretraining``; returns (summary, objects)."""
-    transformers.utils.logging.disable_progress_bar()
-    L.seed_everything(cfg.seed, workers=True)
-    output_dir = Path(cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = resolve_ckpt_path(cfg, output_dir)
+    run, ckpt_path = open_run(cfg)
+    output_dir = run.root
 
     data = cfg.data
     images = screen(find_images(data.roots), output_dir, data.get("check", "header"))
@@ -54,7 +47,6 @@ def pretrain(cfg: DictConfig) -> tuple[dict, dict]:
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
     if rank_zero_only.rank == 0:
-        run = Run(output_dir)
         if not ckpt_path:
             run.clear_previous()
         run.write_config(resolved)

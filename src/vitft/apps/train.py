@@ -38,6 +38,7 @@ from vitft.training.factory import (
     tune_thresholds,
 )
 from vitft.training.freeze import build_freeze
+from vitft.training.seeding import StepSeed
 
 log = logging.getLogger(__name__)
 
@@ -70,13 +71,18 @@ def _instantiate_all(cfg: DictConfig | None) -> list[Any]:
     return [instantiate(c) for c in (cfg or {}).values() if c and "_target_" in c]
 
 
-def train(cfg: DictConfig) -> tuple[dict, dict]:
-    """Train, test and export one model. Returns (metrics, objects)."""
+def open_run(cfg: DictConfig) -> tuple[Run, str | None]:
+    """Seed, create the run dir, and find the checkpoint to continue from (or None)."""
     transformers.utils.logging.disable_progress_bar()
     L.seed_everything(cfg.seed, workers=True)
     run = Run(Path(cfg.paths.output_dir))
     run.root.mkdir(parents=True, exist_ok=True)
-    ckpt_path = resolve_ckpt_path(cfg, run.root)
+    return run, resolve_ckpt_path(cfg, run.root)
+
+
+def train(cfg: DictConfig) -> tuple[dict, dict]:
+    """Train, test and export one model. Returns (metrics, objects)."""
+    run, ckpt_path = open_run(cfg)
 
     # 1. files (folders, manifest or HF dataset) -> screened train/val/test splits
     splits = screened_splits(cfg, run.root)
@@ -97,7 +103,9 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
 
     # 4. LightningModule, callbacks, loggers, Trainer
     module = build_module(cfg, model, processor, splits.classes, datamodule, rid)
-    callbacks = [freeze, *_instantiate_all(cfg.get("callbacks")), *ema_callbacks(cfg)]
+    # StepSeed: dropout/drop-path/MixUp draws as a function of the position (exact resume).
+    callbacks = [freeze, StepSeed(cfg.seed), *_instantiate_all(cfg.get("callbacks"))]
+    callbacks += ema_callbacks(cfg)
     loggers = tracking.build_loggers(cfg.get("logger"), run.root, rid, resolved)
     trainer = build_trainer(cfg, callbacks, loggers)
 

@@ -1,8 +1,9 @@
-"""check_data.py: the data doctor's report for any data source (folders or a manifest).
+"""check_data.py: the data doctor's report for any data source (folders, manifests, HF).
 
 Folders: ``doctor.check_dataset``. Manifests: every row (missing files, unknown or misspelled
 labels with the closest class, duplicate rows, conflicting labels, empty labels), then every
-listed file like a folder's (zero-byte, corrupt, truncated, unusual, duplicate bytes).
+listed file like a folder's (zero-byte, corrupt, truncated, unusual, duplicate bytes). HF datasets:
+the same file checks on their images.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from vitft.data.doctor import (
     inspect_files,
     unusual,
 )
-from vitft.data.folder import SPLITS, class_name
+from vitft.data.folder import SPLITS, DatasetSplits, class_name
 from vitft.data.manifest import manifest_splits, read_manifest
 
 
@@ -41,35 +42,38 @@ def check_manifest(
     except VitftError as err:
         report.errors.append(str(err))
         return report
-    report.classes = m.classes
     for p in m.problems:
         report.bad.append(_item(p["kind"], f"line {p['line']}", p["detail"]))
     for w in m.warnings:
         where = f"line {w['line']}" if w["line"] else str(m.file)
         report.warnings.append(_item(w["kind"], where, w["detail"]))
+    return check_files(report, splits)
+
+
+def check_files(report: DataReport, splits: DatasetSplits) -> DataReport:
+    """The per-file checks of every image in ``splits`` (any source), added to ``report``."""
+    report.classes = classes = splits.classes
     entries = [(s, path, label) for s in SPLITS for path, label in splits.split(s)]
-    checks = inspect_files([p for _, p, _ in entries], decode)
-    named = [
-        (s, class_name(m.classes, y), fc) for (s, _, y), fc in zip(entries, checks, strict=True)
-    ]
+    checks = inspect_files([p for _, p, _ in entries], report.decode)
+    named = [(s, class_name(classes, y), fc) for (s, _, y), fc in zip(entries, checks, strict=True)]
     usable: Counter = Counter()
     for (split, _, label), (_, cls, fc) in zip(entries, named, strict=True):
         if fc.problem:
             report.bad.append(_item(fc.problem, fc.path, fc.detail, split, cls))
             continue
         hot = [label] if isinstance(label, int) else [i for i, v in enumerate(label) if v]
-        usable.update((split, m.classes[i]) for i in hot)
+        usable.update((split, classes[i]) for i in hot)
         why = unusual(fc)
         if why:
             report.warnings.append(_item("unusual_image", fc.path, why, split, cls))
-    report.counts = {s: {c: usable[s, c] for c in m.classes} for s in SPLITS}
+    report.counts = {s: {c: usable[s, c] for c in classes} for s in SPLITS}
     report.warnings.extend(_duplicates(named))
-    for c in m.classes:
+    for c in classes:
         n = usable["train", c]
         if n == 0:
-            report.errors.append(f"class {c!r} has no usable training images in {m.file}")
+            report.errors.append(f"class {c!r} has no usable training images in {splits.root}")
         elif n < MIN_PER_CLASS:
             report.warnings.append(
-                _item("near_empty_class", m.file, f"only {n} usable image(s)", "train", c)
+                _item("near_empty_class", splits.root, f"only {n} usable image(s)", "train", c)
             )
     return report

@@ -39,7 +39,8 @@ from vitft.data.folder import (
 log = logging.getLogger(__name__)
 
 # A file with one of these problems cannot be trained on (data.on_bad_file decides what happens).
-BAD_KINDS = ("zero_byte", "not_an_image", "corrupt", "truncated")
+# too_large: over PIL's decompression-bomb limit (Image.MAX_IMAGE_PIXELS, 89 Mpx).
+BAD_KINDS = ("zero_byte", "not_an_image", "corrupt", "truncated", "too_large")
 # Modes that load_image converts, but that usually mean an export setting to look at.
 USUAL_MODES = ("RGB", "L")
 MIN_SIDE, MAX_SIDE, MAX_ASPECT = 32, 10_000, 5.0
@@ -94,7 +95,8 @@ def inspect_file(path: str | Path, decode: bool = False) -> FileCheck:
         head = data[:8].hex(" ")
         return replace(fc, problem="not_an_image", detail=f"not an image (starts with {head})")
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        return replace(fc, problem="corrupt", detail=f"too large to decode safely: {err}")
+        detail = f"too large to decode safely (downscale it to use it): {err}"
+        return replace(fc, problem="too_large", detail=detail)
     except (OSError, SyntaxError, ValueError) as err:
         kind = "truncated" if "truncated" in str(err) else "corrupt"
         return replace(fc, problem=kind, detail=f"{type(err).__name__}: {err}")

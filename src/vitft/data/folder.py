@@ -17,7 +17,7 @@ from vitft.data.stratify import multilabel_split
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 SPLITS = ("train", "val", "test")
 # OS and archive clutter that is never data.
 JUNK_NAMES = {"thumbs.db", "desktop.ini", "__macosx"}

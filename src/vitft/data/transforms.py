@@ -7,6 +7,7 @@ identical inputs and match the backbone's pretraining.
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import albumentations as A
@@ -84,15 +85,31 @@ class ImageTransform:
         self.processor = processor
         self.augment = augmentation(augment)
 
-    def prepare(self, img: Image.Image) -> Any:
-        """The per-image half: the augmented image (a numpy array), or ``img`` without one."""
+    def prepare(self, img: Image.Image, seed: int | None = None) -> Any:
+        """The per-image half: the augmented image (a numpy array), or ``img`` without one.
+
+        With ``seed`` the augmentation draws only from generators seeded by it, so an image's
+        augmentation is a function of its seed, whichever process or worker computes it.
+        """
         if self.augment is None:
             return img
-        return self.augment(image=np.array(img))["image"]
+        if seed is not None:
+            # One shared stream for all ops (set_random_seed would seed each op alike, and
+            # correlated ops would e.g. flip horizontally and vertically together).
+            self.augment.set_random_state(np.random.default_rng(seed), random.Random(seed))
+        out = self.augment(image=np.array(img))["image"]
+        # Flips return views with negative strides, which the processor's torch.from_numpy
+        # refuses when numpy calls them contiguous anyway (1-pixel-high images: no copy made).
+        return out.copy() if min(out.strides) < 0 else out
 
     def pixels(self, images: list) -> torch.Tensor:
         """The batch half: ``(N, 3, H, W)`` pixel values of prepared images."""
-        return self.processor(images=list(images), return_tensors="pt")["pixel_values"]
+        # Arrays are always (H, W, 3): left to guess, the processor reads a (1, 1, 3) or
+        # (3, W, 3) image as channels-first.
+        out = self.processor(
+            images=list(images), return_tensors="pt", input_data_format="channels_last"
+        )
+        return out["pixel_values"]
 
     def collate(self, items: list[tuple[Any, int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """DataLoader ``collate_fn`` over ``(prepare(img), label)`` items."""

@@ -37,11 +37,12 @@ from vitft.core.hardware import loader_options
 from vitft.data.folder import Sample
 from vitft.data.transforms import ImageTransform
 from vitft.training.datamodule import FolderDataModule, ImageDataset, ResumableLoader
+from vitft.training.seeding import draw_seed
 
 log = logging.getLogger(__name__)
 
 # Bump when the on-disk layout or the way features are computed changes.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 DTYPES = ("float16", "float32")
 IDENTITIES = ("stat", "content")
 BUILD_BATCH = 64  # images per forward pass while building an entry
@@ -104,8 +105,10 @@ class CachedSplit:
 
 
 class FeatureDataset(Dataset):
-    """``(features, label)`` items; training draws one of the precomputed views at random.
+    """``(features, label)`` items; training draws one of the precomputed views per image.
 
+    Training keys are ``(index, sample seed)`` pairs (``EpochShuffle``): the view is a function
+    of the seed, so it is the same in a resumed run. Plain index keys read view 0.
     Whole batches are read at once (``__getitems__``): one fancy-indexed read of the memmap per
     batch rather than one Python call per image.
     """
@@ -118,22 +121,25 @@ class FeatureDataset(Dataset):
     def __len__(self) -> int:
         return self.features.shape[1]
 
-    def _views(self, n: int) -> np.ndarray:
-        if not self.random_view:
-            return np.zeros(n, dtype=np.int64)
-        # torch's global RNG: seeded by seed_everything, so runs are reproducible.
-        return torch.randint(self.features.shape[0], (n,)).numpy()
+    def _split(self, keys: list) -> tuple[np.ndarray, np.ndarray]:
+        """Image indices and the view read for each."""
+        idx = np.array([k[0] if isinstance(k, tuple) else k for k in keys], dtype=np.int64)
+        views = np.zeros(len(keys), dtype=np.int64)
+        if self.random_view:
+            n = self.features.shape[0]
+            views[:] = [k[1] % n if isinstance(k, tuple) else 0 for k in keys]
+        return idx, views
 
-    def __getitem__(self, idx: int) -> tuple[torch.Tensor, int]:
-        view = int(self._views(1)[0])
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        (idx,), (view,) = self._split([key])
         label = self.labels[idx]  # a class index, or a 0/1 row for multi-label data
         return torch.from_numpy(np.array(self.features[view, idx], dtype=np.float32)), (
             int(label) if label.ndim == 0 else label
         )
 
-    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = np.asarray(indices, dtype=np.int64)
-        feats = np.asarray(self.features[self._views(len(idx)), idx], dtype=np.float32)
+    def __getitems__(self, keys: list) -> tuple[torch.Tensor, torch.Tensor]:
+        idx, views = self._split(keys)
+        feats = np.asarray(self.features[views, idx], dtype=np.float32)
         return torch.from_numpy(feats), self.labels[idx]
 
 
@@ -261,13 +267,15 @@ class FeatureCache:
         backbone.eval().to(device)
         try:
             features = None
+            transform = ImageTransform(self.processor, augment)
             for view in range(parts["views"]):
-                transform = ImageTransform(self.processor, augment)
+                # Each view of each image from its own seed: the same whatever the workers.
+                keys = list(range(len(samples)))
                 if transform.augment is not None:
-                    # Reproducible views, different from each other.
-                    transform.augment.set_random_seed(int(key[:8], 16) + view)
+                    keys = [(i, draw_seed(int(key[:8], 16), view, i)) for i in keys]
                 loader = DataLoader(
                     ImageDataset(samples, transform.prepare),
+                    sampler=keys,
                     batch_size=self.batch_size,
                     num_workers=self.num_workers,
                     collate_fn=transform.collate,

@@ -3,25 +3,31 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.trainer.states import TrainerFn
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from vitft.core.hardware import loader_options
 from vitft.data.folder import DatasetSplits, Sample
 from vitft.data.images import load_image
 from vitft.data.transforms import ImageTransform
+from vitft.training.seeding import draw_seed
 
 log = logging.getLogger(__name__)
 
 
 class ImageDataset(Dataset):
-    """``(pixel_values, label)`` per sample.
+    """``(prepared image, label)`` per sample.
+
+    Keys are an index, or an ``(index, seed)`` pair from the training sampler: the seed is passed
+    on to ``transform`` (the image's augmentation draws from it alone).
 
     A file that fails to load mid-run (deleted, overwritten, a flaky network share) never kills
     an epoch: the next sample of the same class is used instead, and the failure is logged and
@@ -45,10 +51,15 @@ class ImageDataset(Dataset):
             with open(self.failures_file, "a") as f:
                 f.write(msg + "\n")
 
-    def __getitem__(self, idx: int) -> tuple[torch.Tensor, int]:
+    def _load(self, path: Path, seed: int | None) -> Any:
+        img = load_image(path)
+        return self.transform(img) if seed is None else self.transform(img, seed=seed)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Any, int]:
+        idx, seed = key if isinstance(key, tuple) else (key, None)
         path, label = self.samples[idx]
         try:
-            return self.transform(load_image(path)), label
+            return self._load(path, seed), label
         except (OSError, SyntaxError, ValueError) as err:
             n = len(self.samples)
             for k in range(1, n):
@@ -56,7 +67,7 @@ class ImageDataset(Dataset):
                 if other_label != label:
                     continue
                 try:
-                    item = self.transform(load_image(other)), label
+                    item = self._load(other, seed), label
                 except (OSError, SyntaxError, ValueError):
                     continue
                 self._record(path, err, other)
@@ -64,33 +75,41 @@ class ImageDataset(Dataset):
             raise
 
 
-class EpochShuffle(Sampler[int]):
-    """A shuffled order that depends only on (seed, epoch).
+class EpochShuffle(DistributedSampler):
+    """The training order: ``(index, sample seed)`` pairs that depend only on (seed, epoch).
 
-    Lightning calls ``set_epoch`` before every epoch, so a run resumed at an epoch boundary sees
-    the same order as the same run never interrupted (a plain ``shuffle=True`` draws from the
-    global RNG, which checkpoints don't restore).
+    Lightning calls ``set_epoch`` before every epoch, so a resumed run sees the same order and the
+    same per-sample seeds (``vitft.training.seeding``) as the same run never
+    interrupted. With several
+    processes each rank takes its share of the one shuffled order (padded like
+    ``DistributedSampler``; being one, Lightning does not wrap it). ``resume_at`` skips the
+    samples this rank already trained on in an interrupted epoch.
     """
 
-    def __init__(self, n: int, seed: int = 0):
+    def __init__(self, n: int, seed: int = 0, num_replicas: int = 1, rank: int = 0):
+        # DistributedSampler.__init__ would need a dataset and an initialised process group.
         self.n, self.seed, self.epoch = n, seed, 0
+        self.num_replicas, self.rank = num_replicas, rank
+        self.num_samples = math.ceil(n / num_replicas)
         self.resume_at: tuple[int, int] | None = None  # (epoch, samples already trained on)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.n
+        return self.num_samples
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         order = torch.randperm(self.n, generator=g).tolist()
+        order += order[: self.num_samples * self.num_replicas - self.n]
+        order = order[self.rank :: self.num_replicas]
         if self.resume_at is not None:
             epoch, done = self.resume_at
             self.resume_at = None
             if epoch == self.epoch:  # the rest of the interrupted epoch, in the same order
                 order = order[done:]
-        return iter(order)
+        return iter((i, draw_seed(self.seed, self.epoch, i)) for i in order)
 
 
 class ResumableLoader(DataLoader):
@@ -167,8 +186,12 @@ class FolderDataModule(L.LightningDataModule):
 
     def shuffled(self, n: int) -> EpochShuffle:
         """The training sampler (kept, so a checkpoint's position can reach it)."""
-        self.train_sampler = EpochShuffle(n, self.seed)
-        self.train_sampler.resume_at = self.resume_at
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
+        self.train_sampler = EpochShuffle(n, self.seed, world, rank)
+        if self.resume_at is not None:  # handed over once
+            self.train_sampler.set_epoch(self.resume_at[0])
+            self.train_sampler.resume_at, self.resume_at = self.resume_at, None
         return self.train_sampler
 
     @property
@@ -199,29 +222,30 @@ class FolderDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
 
-    # Mid-epoch resume: Lightning saves this in every checkpoint and restores it before training.
+    # Resume: Lightning saves this in every checkpoint and restores it before training.
     def state_dict(self) -> dict:
         if self.trainer is None:
             return {}
-        loop = self.trainer.fit_loop
-        batches = loop.epoch_loop.batch_progress.current.processed
-        if not 0 < batches < self.trainer.num_training_batches:
-            return {}  # at an epoch boundary: the next epoch starts from its beginning
-        # Mid-epoch (a step checkpoint): the epoch as Lightning's set_epoch counts it, and the
-        # batches trained on in it.
-        return {"train_position": [loop.epoch_progress.current.processed, batches]}
+        per_epoch = self.trainer.num_training_batches
+        if not 0 < per_epoch < float("inf"):
+            return {}
+        # The epoch of the next batch and the batches already trained on in it (Lightning's own
+        # epoch counter has already moved on when last.ckpt is written, mid-epoch not).
+        done = self.trainer.fit_loop.epoch_loop.batch_progress.total.processed
+        return {"train_position": list(divmod(int(done), int(per_epoch)))}
 
     def load_state_dict(self, state: dict) -> None:
+        """The epoch and batch that training continues from.
+
+        The epoch is set here, not left to Lightning's ``set_epoch``: on resume Lightning creates
+        the loader's iterator before calling it, and with workers the iterator draws its first
+        batches' indices (and their augmentation seeds) at once.
+        """
         position = state.get("train_position")
         if not position:
             return
         epoch, batches = (int(v) for v in position)
-        if self.trainer is not None and self.trainer.world_size > 1:
-            # Lightning wraps the sampler in a DistributedSampler that expects the full length.
-            log.warning(
-                "mid-epoch resume under DDP: epoch %d starts again from its first batch", epoch
-            )
-            return
         self.resume_at = (epoch, batches * self.batch_size)
         if self.train_sampler is not None:  # the loader may exist already (see ResumableLoader)
-            self.train_sampler.resume_at = self.resume_at
+            self.train_sampler.set_epoch(epoch)
+            self.train_sampler.resume_at, self.resume_at = self.resume_at, None

@@ -147,6 +147,12 @@ class Freeze(BaseFinetuning):
 
     def on_fit_start(self, trainer, pl_module) -> None:
         super().on_fit_start(trainer, pl_module)  # on resume: restores the added param groups
+        # Resumed mid-epoch, Lightning skips on_train_epoch_start (so finetune_function): the
+        # restored groups' parameters, frozen again by freeze_before_training, must train.
+        for optimizer in trainer.optimizers:
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    p.requires_grad_(True)
         if type(self).unfreeze_at is not Freeze.unfreeze_at:
             check_staged_strategy(trainer, self.name)
         for optimizer in trainer.optimizers:

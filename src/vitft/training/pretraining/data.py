@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -76,8 +78,18 @@ class ViewsDataset(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, idx: int) -> tuple[torch.Tensor, ...]:
-        return tuple(self.views(load_image(self.paths[idx])))
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, ...]:
+        # The sampler hands (index, seed): the views depend on the seed, not on the worker or a
+        # restart, so a resumed pretraining run draws the same crops.
+        idx, seed = key if isinstance(key, tuple) else (key, None)
+        image = load_image(self.paths[idx])
+        if seed is None:
+            return tuple(self.views(image))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            random.seed(seed)
+            np.random.seed(seed % 2**32)
+            return tuple(self.views(image))
 
 
 def collate_views(items: list[tuple[torch.Tensor, ...]]) -> list[torch.Tensor]:
