@@ -178,7 +178,7 @@ def check_deploy(device: str, model_dir: Path, tmp: Path) -> None:
     cfg.pop("defaults", None)
     cfg.pop("hydra", None)
     cfg.merge_with({
-        "model_path": str(model_dir), "device": device, "formats": ["onnx"],
+        "model_dir": str(model_dir), "device": device, "formats": ["onnx"],
         "export_dir": str(tmp / "export"), "output_dir": str(tmp / "bench"),
         "rounds": 2, "iters": 2, "warmup": 1, "max_images": 16, "threads": 1,
     })  # fmt: skip

@@ -62,6 +62,7 @@ KILLS = {
     "ddp": [("step", 2), ("step", 3), ("step", 5), ("step", 8)],
 }
 STEPS = 9
+PER_RUN_TIMEOUT = 300  # one run takes 10 to 40 s on 2 cores
 
 
 def _segments(config: str) -> list[tuple[str, dict]]:
@@ -83,18 +84,26 @@ def _run_all(data: Path, tmp: Path) -> dict[str, subprocess.CompletedProcess]:
         queues[f"{config}/never_killed"] = _segments(config)[:1]
         queues[f"{config}/killed"] = _segments(config)[1:]
     done: dict[str, subprocess.CompletedProcess] = {}
-    running: dict[str, tuple[str, subprocess.Popen]] = {}
+    running: dict[str, tuple[str, subprocess.Popen, float]] = {}
     deadline = time.monotonic() + 1800
     while (running or any(queues.values())) and time.monotonic() < deadline:
-        for chain, (name, proc) in list(running.items()):
+        for chain, (name, proc, started) in list(running.items()):
+            hung = proc.poll() is None and time.monotonic() - started > PER_RUN_TIMEOUT
+            if hung:  # fail with this run's log at once, not at the end of the whole budget
+                os.killpg(proc.pid, 9)
+                proc.wait()
             if proc.poll() is not None:
-                done[name] = subprocess.CompletedProcess(proc.args, proc.returncode, "")
+                code = f"no exit in {PER_RUN_TIMEOUT} s" if hung else proc.returncode
+                done[name] = subprocess.CompletedProcess(proc.args, code, "")
                 done[name].stdout = (tmp / name / "out.log").read_text()
                 del running[chain]
         for chain, queue in queues.items():
             if len(running) >= 2:
                 break
             if chain in running or not queue:
+                continue
+            # Two DDP runs at once would race for free ports and oversubscribe the 2 cores.
+            if chain.startswith("ddp") and any(c.startswith("ddp") for c in running):
                 continue
             name, extra = queue.pop(0)
             config, run_dir = name.split("/")[0], tmp / chain
@@ -108,9 +117,9 @@ def _run_all(data: Path, tmp: Path) -> dict[str, subprocess.CompletedProcess]:
                     cmd, cwd=ROOT, env=e, stdout=out, stderr=subprocess.STDOUT,
                     start_new_session=True,  # its own process group: a kill takes all of it
                 )  # fmt: skip
-            running[chain] = (name, proc)
+            running[chain] = (name, proc, time.monotonic())
         time.sleep(0.2)
-    for _, proc in running.values():
+    for _, proc, _ in running.values():
         os.killpg(proc.pid, 9)
     return done
 

@@ -17,6 +17,8 @@ from hydra import compose, initialize_config_dir
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from omegaconf import open_dict
+from PIL import Image
+from transformers import ViTImageProcessor
 
 from tests.conftest import CONF, TINY_VIT_CONFIG, make_cfg, make_image
 from tests.odd_images import corpus, storable, write_image
@@ -196,3 +198,15 @@ def test_odd_corpus_trains_caches_evaluates_and_predicts(odd_data, tmp_path):
     # The one file that can't be used is the decompression bomb, skipped everywhere by name.
     assert set(skipped) == set(eval_bad) == set(pred_bad) == {"size_20000x10000_1bit.png"}
     assert skipped["size_20000x10000_1bit.png"]["kind"] == "too_large"
+
+
+@pytest.mark.parametrize("preset", sorted(AUGMENT_PRESETS))
+def test_every_preset_keeps_tiny_images_rgb(preset):
+    """albumentations squeezes or reshapes images of a few pixels (ToGray, Affine); those reach
+    the processor as (H, W, 3) all the same."""
+    tf = ImageTransform(ViTImageProcessor(size={"height": 32, "width": 32}), preset)
+    for size in [(1, 1), (1, 5), (5, 1), (3, 2), (8, 8), (9, 8)]:
+        for seed in range(64):
+            out = np.asarray(tf.prepare(Image.new("RGB", size, (200, 10, 10)), seed=seed))
+            assert out.ndim == 3 and out.shape[2] == 3, (size, seed, out.shape)
+            assert tf.pixels([out]).shape == (1, 3, 32, 32)

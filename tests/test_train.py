@@ -165,3 +165,10 @@ def test_class_weights_auto(tmp_path, tiny_data):
         make_cfg(tmp_path / "r", tiny_data, "debug=fdr", "loss.class_weights=auto")
     )
     assert objects["module"].criterion.weight is not None
+
+
+def test_logger_none_trains_with_the_default_callbacks(tmp_path, tiny_data):
+    """LearningRateMonitor needs a logger: with logger=none it is left out, not a crash."""
+    metrics, objects = train(make_cfg(tmp_path / "run", tiny_data, "logger=none"))
+    assert objects["trainer"].loggers == [] and "val/acc" in metrics
+    assert (tmp_path / "run" / "model" / "model.safetensors").is_file()

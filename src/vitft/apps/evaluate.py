@@ -33,6 +33,7 @@ from torchmetrics.functional.classification import (
 from vitft.apps.evaluate_multilabel import evaluate_multilabel, summary_line
 from vitft.core import html, plots
 from vitft.core.errors import VitftError
+from vitft.core.hardware import loader_options
 from vitft.data.folder import class_folders, list_images
 from vitft.data.images import load_image
 from vitft.data.sources import scan_data, source_of
@@ -251,7 +252,7 @@ def evaluate(cfg: Any) -> dict[str, Any]:
         device=cfg.get("device"),
         tta=bool(cfg.get("tta")),
         batch_size=int(data.eval_batch_size),
-        num_workers=int(data.num_workers),
+        num_workers=loader_options(data.num_workers, False)["num_workers"],
     )
     labels = predictor.labels
     if predictor.multilabel:

@@ -44,6 +44,9 @@ AUGMENT_PRESETS = {
     ],
 }
 
+# Images with a side under this many pixels are not augmented (see ImageTransform.prepare).
+MIN_AUGMENT_SIDE = 8
+
 
 def augmentation(preset: str | None) -> A.Compose | None:
     """The albumentations pipeline of a preset (None for ``none``)."""
@@ -97,6 +100,10 @@ class ImageTransform:
             # One shared stream for all ops (set_random_seed would seed each op alike, and
             # correlated ops would e.g. flip horizontally and vertically together).
             self.augment.set_random_state(np.random.default_rng(seed), random.Random(seed))
+        if min(img.size) < MIN_AUGMENT_SIDE:
+            # albumentations returns wrong shapes for a few pixels (ToGray, Affine), and there
+            # is nothing there to augment.
+            return np.array(img)
         out = self.augment(image=np.array(img))["image"]
         # Flips return views with negative strides, which the processor's torch.from_numpy
         # refuses when numpy calls them contiguous anyway (1-pixel-high images: no copy made).

@@ -111,6 +111,7 @@ def write_provenance(output_dir: str | Path, model_cfg: Any, splits: Any) -> dic
         "data": {
             "root": str(splits.root),
             "classes": list(splits.classes),
+            "multilabel": bool(splits.multilabel),
             "counts": {s: splits.counts(s) for s in ("train", "val", "test")},
             "origin": dict(splits.origin),
             "manifest": manifest.name,

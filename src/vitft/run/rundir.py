@@ -140,20 +140,22 @@ class Run:
             )
         data = json.loads((self.root / PROVENANCE_FILE).read_text())["data"]
         root, classes = Path(data["root"]), list(data["classes"])
+        multilabel = bool(data.get("multilabel"))
         parts: dict[str, list[Sample]] = {name: [] for name in SPLITS}
         recorded: dict[str, str] = {}
         with self.split_file.open(newline="") as f:
             for row in csv.DictReader(f):
                 path = root / row["path"]
-                parts[row["split"]].append((path, _label(classes, row["label"])))
+                parts[row["split"]].append((path, _label(classes, row["label"], multilabel)))
                 recorded[str(path)] = row["sha256"]
-        splits = DatasetSplits(root, classes, **parts, origin=dict.fromkeys(SPLITS, SPLIT_FILE))
+        origin = dict.fromkeys(SPLITS, SPLIT_FILE)
+        splits = DatasetSplits(root, classes, **parts, origin=origin, multilabel=multilabel)
         return splits, recorded
 
 
-def _label(classes: list[str], name: str) -> int | tuple[int, ...]:
+def _label(classes: list[str], name: str, multilabel: bool) -> int | tuple[int, ...]:
     """A manifest label: a class name, or a multi-label set ``a;b`` (``(none)``: no class)."""
-    if name in classes:
+    if name in classes and not multilabel:
         return classes.index(name)
     names = set() if name == "(none)" else set(name.split(";"))
     return tuple(int(c in names) for c in classes)

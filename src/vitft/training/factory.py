@@ -11,7 +11,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from omegaconf import DictConfig
 
 from vitft.core.errors import VitftError
@@ -148,6 +148,8 @@ def ema_callbacks(cfg: DictConfig) -> list[Callback]:
 
 
 def build_trainer(cfg: DictConfig, callbacks: list[Callback], loggers: list) -> L.Trainer:
+    if not loggers:  # logger=none: LearningRateMonitor refuses to run without a logger
+        callbacks = [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]
     return instantiate(
         cfg.trainer,
         precision=resolve_precision(cfg.trainer.get("precision"), cfg.trainer.get("accelerator")),

@@ -23,7 +23,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from vitft.core.plots import training_curves
-from vitft.modelio.checkpoint import read_block
+from vitft.modelio.checkpoint import BLOCK, read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,8 @@ def run_id(output_dir: Path, ckpt_path: str | None) -> str:
     id_file = Path(output_dir) / RUN_ID_FILE
     rid = None
     if ckpt_path:
-        rid = read_block(ckpt_path).get("wandb_id")
+        # pretraining checkpoints have no vitft block: their id is in the run dir's file
+        rid = (read_checkpoint(ckpt_path).get(BLOCK) or {}).get("wandb_id")
     if not rid and id_file.is_file():
         rid = id_file.read_text().strip()
     if not rid:
