@@ -53,10 +53,10 @@ CONFIGS = {
     ],
 }
 # Kill points per config, in order: ("step", N) dies before the batch after global step N;
-# ("val", E) dies in the middle of epoch E's validation. Step checkpoints at steps 2, 4, 6, 8;
-# last.ckpt at steps 3, 6, 9.
+# ("val", E) dies in the middle of epoch E's validation. Step checkpoints at steps 2, 4, 8 (not
+# at an epoch's last batch, 6); last.ckpt at steps 3, 6, 9.
 KILLS = {
-    "mixup": [("step", 1), ("step", 2), ("step", 3), ("step", 5), ("step", 6), ("step", 8)],
+    "mixup": [("step", 1), ("step", 2), ("step", 3), ("step", 5), ("val", 1), ("step", 8)],
     "staged_freeze": [("step", 2), ("step", 3), ("step", 4), ("step", 7), ("step", 8)],
     "feature_cache": [("step", 1), ("step", 3), ("step", 5), ("val", 1), ("step", 7)],
     "ddp": [("step", 2), ("step", 3), ("step", 5), ("step", 8)],

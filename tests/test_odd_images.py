@@ -189,6 +189,8 @@ def test_odd_corpus_trains_caches_evaluates_and_predicts(odd_data, tmp_path):
             continue
         train_what = f"skipped: {skipped[name]['kind']}" if name in skipped else "trained"
         eval_what = f"skipped: {eval_bad[name]}" if name in eval_bad else "evaluated"
+        if name in skipped:  # eval checks the model on the run's split manifest, written without it
+            eval_what = "not in the run's split"
         pred_what = "predicted" if name in predicted else f"skipped: {pred_bad[name]}"
         table.append((name, made[name], train_what, eval_what, pred_what))
         assert (name in predicted) != (name in pred_bad), name  # one or the other, never lost
@@ -196,8 +198,14 @@ def test_odd_corpus_trains_caches_evaluates_and_predicts(odd_data, tmp_path):
     for row in table:
         print(" | ".join(row))
     # The one file that can't be used is the decompression bomb, skipped everywhere by name.
-    assert set(skipped) == set(eval_bad) == set(pred_bad) == {"size_20000x10000_1bit.png"}
+    assert set(skipped) == set(pred_bad) == {"size_20000x10000_1bit.png"}
+    assert eval_bad == {} and ev["images"] == len(_split_files(run, "test"))
     assert skipped["size_20000x10000_1bit.png"]["kind"] == "too_large"
+
+
+def _split_files(run: Path, split: str) -> list[str]:
+    rows = (run / "split_manifest.csv").read_text().splitlines()[1:]
+    return [r for r in rows if r.startswith(f"{split},")]
 
 
 @pytest.mark.parametrize("preset", sorted(AUGMENT_PRESETS))

@@ -87,6 +87,14 @@ class StepCheckpoint(ModelCheckpoint):
             enable_version_counter=False,
         )
 
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        # Not at an epoch's last batch: Lightning resumes such a checkpoint by skipping that
+        # epoch's validation and last.ckpt, and a later resume then meets an early-stopping check
+        # with no val metrics. The epoch's last.ckpt, written after validation, covers the point.
+        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            return
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
 
 class SpentHpcCheckpoints(Callback):
     """Once fit has finished, delete the run dir's SLURM ``hpc_ckpt_*.ckpt``: they are spent.
