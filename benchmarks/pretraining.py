@@ -208,19 +208,20 @@ def main() -> None:
         "fine-tune s (median)",
         "pretrain s",
     ]
-    print(table(headers, rows))
-    args.csv.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.csv, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow([*headers, "machine", "cpu_flags"])
-        for r in rows:
-            w.writerow(
-                [
-                    *(f"{v:.4f}" if isinstance(v, float) else v for v in r),
-                    machine_note(),
-                    cpu_flags(),
-                ]
-            )
+    if rows:
+        print(table(headers, rows))
+        args.csv.parent.mkdir(parents=True, exist_ok=True)
+        with open(args.csv, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow([*headers, "machine", "cpu_flags"])
+            for r in rows:
+                w.writerow(
+                    [
+                        *(f"{v:.4f}" if isinstance(v, float) else v for v in r),
+                        machine_note(),
+                        cpu_flags(),
+                    ]
+                )
     quickstart = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds if "defect" in args.datasets else []:
@@ -238,8 +239,8 @@ def main() -> None:
             raw.append(["defect", "quickstart", 1.0, seed, acc, sec])
     with open(args.csv.with_name(args.csv.stem + "_runs.csv"), "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["dataset", "route", "fraction", "seed", "test_acc", "seconds"])
-        w.writerows(raw)
+        w.writerow(["dataset", "route", "fraction", "seed", "test_acc", "seconds", "machine"])
+        w.writerows([*r, f"{machine_note()} | {cpu_flags()}"] for r in raw)
     if not quickstart:
         return
     print(

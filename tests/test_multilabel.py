@@ -136,3 +136,23 @@ def test_single_label_options_are_refused(tmp_path):
         cfg.model.config = TINY_VIT_CONFIG
     with pytest.raises(VitftError, match="multi-label"):
         train(cfg)
+
+
+def test_serve_returns_label_sets_and_thresholds(trained):
+    pytest.importorskip("fastapi")  # the `serve` extra, part of `dev`
+    from fastapi.testclient import TestClient
+
+    from vitft.deploy.serve import ServeSettings, create_app
+
+    root, _, objects = trained
+    model_dir = root / "run" / "model"
+    tuned = objects["summary"]["thresholds"]
+    images = sorted((root / "data" / "images").glob("*.png"))[:3]
+    expected = [p.labels for p in Predictor.from_path(model_dir).predict(images)]
+    app = create_app(model_dir, Predictor.from_path(model_dir), ServeSettings())
+    with TestClient(app) as client:
+        assert client.get("/metadata").json()["thresholds"] == pytest.approx(tuned)
+        files = [("files", (p.name, p.read_bytes(), "image/png")) for p in images]
+        answer = client.post("/predict", files=files).json()["predictions"]
+    assert [a["labels"] for a in answer] == expected
+    assert [a["label"] for a in answer] == [";".join(labels) for labels in expected]
