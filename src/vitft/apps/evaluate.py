@@ -40,6 +40,7 @@ from vitft.data.sources import scan_data, source_of
 from vitft.deploy.backends import ExportedBackend
 from vitft.deploy.explain import Explainer
 from vitft.deploy.predictor import Predictor, Results
+from vitft.models.ood import auroc
 from vitft.run.rundir import Run, run_samples
 from vitft.training import tracking
 
@@ -142,15 +143,56 @@ def _samples(cfg: Any) -> tuple[Path, list[str], list[tuple[Path, int]]]:
 
 
 def write_predictions_csv(path: Path, results: Results, true: list[str], labels: list[str]) -> Path:
+    ood = any(p.ood_score is not None for p in results.predictions)
     with path.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["path", "true", "predicted", "confidence", *[f"prob_{c}" for c in labels]])
+        w.writerow(
+            ["path", "true", "predicted", "confidence", *[f"prob_{c}" for c in labels]]
+            + (["ood_score", "unknown"] if ood else [])
+        )
         for p, t in zip(results.predictions, true, strict=True):
             w.writerow(
                 [p.path, t, p.predicted, f"{p.confidence:.8f}"]
                 + [f"{p.probs[c]:.8f}" for c in labels]
+                + ([f"{p.ood_score:.6g}", int(bool(p.unknown))] if ood else [])
             )
     return path
+
+
+def ood_metrics(predictor: Predictor, results: Results, ood_dir: str | None, cfg) -> dict:
+    """The unknown flag on the evaluated (known) images, and with ``ood_dir`` (images of classes
+    the model never saw) how well the OOD score separates them: AUROC and false-accept rate."""
+    if predictor.ood is None:
+        if ood_dir:
+            raise VitftError(
+                f"ood_dir={ood_dir} needs a model with an OOD scorer (model/ood.json, written by "
+                "train with ood.method set) run by PyTorch: pass model_dir=<run>/model"
+            )
+        return {}
+    known = torch.tensor([p.ood_score for p in results.predictions])
+    scorer = predictor.ood
+    out: dict[str, Any] = {
+        "method": scorer.method,
+        "threshold": scorer.threshold,
+        "acceptance_target": scorer.acceptance,
+        "known_accepted": float((~scorer.unknown(known)).float().mean()),
+    }
+    if ood_dir:
+        if not Path(ood_dir).expanduser().exists():
+            raise VitftError(f"ood_dir={ood_dir} does not exist: a folder of unknown images")
+        found = predictor.predict_files(ood_dir, progress=cfg.get("progress"))
+        if not found.predictions:
+            raise VitftError(f"ood_dir={ood_dir} has no readable images")
+        unknown = torch.tensor([p.ood_score for p in found.predictions])
+        out.update(
+            {
+                "ood_dir": str(ood_dir),
+                "ood_images": len(unknown),
+                "auroc": auroc(known, unknown),
+                "false_accept": float((~scorer.unknown(unknown)).float().mean()),
+            }
+        )
+    return out
 
 
 def _heatmap_samples(true: torch.Tensor, pred: torch.Tensor, per_class: int) -> list[int]:
@@ -281,6 +323,9 @@ def evaluate(cfg: Any) -> dict[str, Any]:
             **_fp32_reference(predictor, results, target, cfg),
         }
     )
+    ood = ood_metrics(predictor, results, cfg.get("ood_dir"), cfg)
+    if ood:
+        metrics["ood"] = ood
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     true_names = [labels[t] for t in target.tolist()]
     write_predictions_csv(out_dir / "predictions.csv", results, true_names, labels)
@@ -343,6 +388,8 @@ def evaluate(cfg: Any) -> dict[str, Any]:
         for k in ("accuracy", "f1_macro", "auroc_macro", "ece")
         if metrics[k] is not None
     )
+    if "auroc" in ood:
+        summary += f", ood auroc {ood['auroc']:.3f} (false-accept {ood['false_accept']:.3f})"
     captioned = {name: (path, FIGURES[name]) for name, path in figures.items()}
     return _publish(cfg, out_dir, metrics, captioned, rows, summary)
 
