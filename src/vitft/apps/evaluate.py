@@ -31,6 +31,7 @@ from torchmetrics.functional.classification import (
 )
 
 from vitft.apps.evaluate_multilabel import evaluate_multilabel, summary_line
+from vitft.apps.evaluate_ood import ood_metrics
 from vitft.core import html, plots
 from vitft.core.errors import VitftError
 from vitft.core.hardware import loader_options
@@ -40,7 +41,6 @@ from vitft.data.sources import scan_data, source_of
 from vitft.deploy.backends import ExportedBackend
 from vitft.deploy.explain import Explainer
 from vitft.deploy.predictor import Predictor, Results
-from vitft.models.ood import auroc
 from vitft.run.rundir import Run, run_samples
 from vitft.training import tracking
 
@@ -157,42 +157,6 @@ def write_predictions_csv(path: Path, results: Results, true: list[str], labels:
                 + ([f"{p.ood_score:.6g}", int(bool(p.unknown))] if ood else [])
             )
     return path
-
-
-def ood_metrics(predictor: Predictor, results: Results, ood_dir: str | None, cfg) -> dict:
-    """The unknown flag on the evaluated (known) images, and with ``ood_dir`` (images of classes
-    the model never saw) how well the OOD score separates them: AUROC and false-accept rate."""
-    if predictor.ood is None:
-        if ood_dir:
-            raise VitftError(
-                f"ood_dir={ood_dir} needs a model with an OOD scorer (model/ood.json, written by "
-                "train with ood.method set) run by PyTorch: pass model_dir=<run>/model"
-            )
-        return {}
-    known = torch.tensor([p.ood_score for p in results.predictions])
-    scorer = predictor.ood
-    out: dict[str, Any] = {
-        "method": scorer.method,
-        "threshold": scorer.threshold,
-        "acceptance_target": scorer.acceptance,
-        "known_accepted": float((~scorer.unknown(known)).float().mean()),
-    }
-    if ood_dir:
-        if not Path(ood_dir).expanduser().exists():
-            raise VitftError(f"ood_dir={ood_dir} does not exist: a folder of unknown images")
-        found = predictor.predict_files(ood_dir, progress=cfg.get("progress"))
-        if not found.predictions:
-            raise VitftError(f"ood_dir={ood_dir} has no readable images")
-        unknown = torch.tensor([p.ood_score for p in found.predictions])
-        out.update(
-            {
-                "ood_dir": str(ood_dir),
-                "ood_images": len(unknown),
-                "auroc": auroc(known, unknown),
-                "false_accept": float((~scorer.unknown(unknown)).float().mean()),
-            }
-        )
-    return out
 
 
 def _heatmap_samples(true: torch.Tensor, pred: torch.Tensor, per_class: int) -> list[int]:
