@@ -62,6 +62,7 @@ def predict(cfg: Any) -> Results:
         cfg.get("model_dir"),
         cfg.get("ckpt_path"),
         device=cfg.get("device"),
+        ood=bool(cfg.get("ood", True)),
         threshold=float(cfg.get("threshold") or 0.0),
         class_thresholds={str(k): float(v) for k, v in dict(thresholds).items()},
         tta=bool(cfg.get("tta")),
