@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("serve", "vitft.deploy.serve:serve"),
     "pretrain": ("pretrain", "vitft.apps.pretrain:pretrain"),
     "select": ("select", "vitft.apps.select:select"),
+    "add-class": ("add_class", "vitft.apps.add_class:add_class"),
 }
 # Commands whose function returns the process exit status.
 EXIT_STATUS = {"check-data"}
