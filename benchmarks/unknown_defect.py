@@ -14,6 +14,7 @@ Scored on the known classes' test images against the unknowns: AUROC, the false-
 unknowns at the threshold, and the known test images' acceptance.
 
     python benchmarks/unknown_defect.py [--datasets defect pest] [--seeds 0 1 2] [--quick]
+        [--classes crack aphids] [--overrides model.image_size=96]
 
 Writes benchmarks/results/unknown_defect.csv (per run) and prints medians per method; ends with
 ``RESULT unknown_defect <mean AUROC of mahalanobis>``.
@@ -98,6 +99,7 @@ def one_run(dataset: str, held_out: str, seed: int, tmp: Path, args) -> list[lis
                 f"seed={seed}",
                 f"trainer.max_epochs={args.epochs}",
                 "test=false",
+                *args.overrides,
             ],
         )
     with open_dict(cfg):
@@ -168,6 +170,10 @@ def main() -> None:
     parser.add_argument("--acceptance", type=float, default=0.95)
     parser.add_argument("--k", type=int, default=5, help="knn: the k-th nearest neighbour")
     parser.add_argument("--limit", type=int, default=None, help="images per class and split")
+    parser.add_argument("--classes", nargs="+", default=None, help="hold out only these")
+    parser.add_argument(
+        "--overrides", nargs="+", default=[], help="train overrides, e.g. model.image_size=96"
+    )
     parser.add_argument("--quick", action="store_true", help="one held-out class, tiny, 1 epoch")
     args = parser.parse_args()
     if args.quick:
@@ -179,6 +185,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for dataset in args.datasets:
             classes = sorted(p.name for p in (ROOT / "data" / dataset / "train").iterdir())
+            classes = [c for c in classes if not args.classes or c in args.classes]
             for held_out in classes[:1] if args.quick else classes:
                 for seed in args.seeds:
                     rows += one_run(dataset, held_out, seed, Path(tmp), args)
