@@ -14,7 +14,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = ["feature_cache", "loop_overhead", "data_pipeline", "memory"]
+SCRIPTS = [
+    "feature_cache",
+    "loop_overhead",
+    "data_pipeline",
+    "memory",
+    "unknown_defect",
+    "active_learning",
+]
 
 
 @pytest.mark.slow

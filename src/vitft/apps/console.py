@@ -26,6 +26,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "check-data": ("check_data", "vitft.apps.check_data:check_data"),
     "serve": ("serve", "vitft.deploy.serve:serve"),
     "pretrain": ("pretrain", "vitft.apps.pretrain:pretrain"),
+    "select": ("select", "vitft.apps.select:select"),
+    "add-class": ("add_class", "vitft.apps.add_class:add_class"),
 }
 # Commands whose function returns the process exit status.
 EXIT_STATUS = {"check-data"}

@@ -31,6 +31,7 @@ from torchmetrics.functional.classification import (
 )
 
 from vitft.apps.evaluate_multilabel import evaluate_multilabel, summary_line
+from vitft.apps.evaluate_ood import ood_metrics
 from vitft.core import html, plots
 from vitft.core.errors import VitftError
 from vitft.core.hardware import loader_options
@@ -142,13 +143,18 @@ def _samples(cfg: Any) -> tuple[Path, list[str], list[tuple[Path, int]]]:
 
 
 def write_predictions_csv(path: Path, results: Results, true: list[str], labels: list[str]) -> Path:
+    ood = any(p.ood_score is not None for p in results.predictions)
     with path.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["path", "true", "predicted", "confidence", *[f"prob_{c}" for c in labels]])
+        w.writerow(
+            ["path", "true", "predicted", "confidence", *[f"prob_{c}" for c in labels]]
+            + (["ood_score", "unknown"] if ood else [])
+        )
         for p, t in zip(results.predictions, true, strict=True):
             w.writerow(
                 [p.path, t, p.predicted, f"{p.confidence:.8f}"]
                 + [f"{p.probs[c]:.8f}" for c in labels]
+                + ([f"{p.ood_score:.6g}", int(bool(p.unknown))] if ood else [])
             )
     return path
 
@@ -281,6 +287,9 @@ def evaluate(cfg: Any) -> dict[str, Any]:
             **_fp32_reference(predictor, results, target, cfg),
         }
     )
+    ood = ood_metrics(predictor, results, cfg.get("ood_dir"), cfg)
+    if ood:
+        metrics["ood"] = ood
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     true_names = [labels[t] for t in target.tolist()]
     write_predictions_csv(out_dir / "predictions.csv", results, true_names, labels)
@@ -343,6 +352,8 @@ def evaluate(cfg: Any) -> dict[str, Any]:
         for k in ("accuracy", "f1_macro", "auroc_macro", "ece")
         if metrics[k] is not None
     )
+    if "auroc" in ood:
+        summary += f", ood auroc {ood['auroc']:.3f} (false-accept {ood['false_accept']:.3f})"
     captioned = {name: (path, FIGURES[name]) for name, path in figures.items()}
     return _publish(cfg, out_dir, metrics, captioned, rows, summary)
 

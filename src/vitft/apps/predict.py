@@ -11,7 +11,7 @@ from typing import Any
 import transformers
 
 from vitft.core.errors import VitftError
-from vitft.deploy.predictor import UNCERTAIN, Predictor, Results
+from vitft.deploy.predictor import UNCERTAIN, UNKNOWN, Predictor, Results
 
 
 def write_predictions(results: Results, output: str | Path, labels: list[str]) -> Path:
@@ -26,6 +26,7 @@ def write_predictions(results: Results, output: str | Path, labels: list[str]) -
         }
         output.write_text(json.dumps(doc, indent=2))
         return output
+    ood = any(p.ood_score is not None for p in results.predictions)
     with output.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(
@@ -36,6 +37,7 @@ def write_predictions(results: Results, output: str | Path, labels: list[str]) -
                 "confidence",
                 *[f"prob_{c}" for c in labels],
                 "latency_ms",
+                *(["ood_score", "unknown"] if ood else []),
             ]
         )
         for p in results.predictions:
@@ -43,6 +45,7 @@ def write_predictions(results: Results, output: str | Path, labels: list[str]) -
                 [p.path, p.label, p.predicted, f"{p.confidence:.6f}"]
                 + [f"{p.probs[c]:.6f}" for c in labels]
                 + [f"{p.latency_ms:.3f}"]
+                + ([f"{p.ood_score:.6g}", int(bool(p.unknown))] if ood else [])
             )
     return output
 
@@ -59,6 +62,7 @@ def predict(cfg: Any) -> Results:
         cfg.get("model_dir"),
         cfg.get("ckpt_path"),
         device=cfg.get("device"),
+        ood=bool(cfg.get("ood", True)),
         threshold=float(cfg.get("threshold") or 0.0),
         class_thresholds={str(k): float(v) for k, v in dict(thresholds).items()},
         tta=bool(cfg.get("tta")),
@@ -72,9 +76,11 @@ def predict(cfg: Any) -> Results:
         output = output.with_suffix("." + cfg.format)
     write_predictions(results, output, predictor.labels)
     n_unc = sum(p.label == UNCERTAIN for p in results.predictions)
+    n_unk = sum(p.label == UNKNOWN for p in results.predictions)
     print(
         f"predicted {len(results.predictions)} image(s) -> {output}"
         + (f"; {n_unc} uncertain (below threshold)" if n_unc else "")
+        + (f"; {n_unk} unknown (unlike the training images)" if n_unk else "")
     )
     if results.bad_files:
         print(f"skipped {len(results.bad_files)} bad file(s):")

@@ -21,7 +21,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from vitft.core.errors import VitftError
 from vitft.data.transforms import processor_facts
+from vitft.deploy.ood import fit_scorer
 from vitft.modelio.checkpoint import check_labels
+from vitft.modelio.ood import save_ood
 from vitft.models.classifier import build_model
 from vitft.run.rundir import Run
 from vitft.training import checkpoints, tracking
@@ -131,15 +133,38 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     # 6. model/ (HF format, model card), summary.json, W&B artifact, hub push
     summary = _summary(metrics, splits, module, trainer, run, best, ckpt_path, rid, thresholds)
     if trainer.is_global_zero:
+        scorer = _fit_ood(cfg, module.model, processor, splits)
         meta = {"source_checkpoint": best or None, "metrics": metrics}
         meta |= {"task": cfg.task.get("name"), "model": cfg.model.get("name")}
         meta |= {"multilabel": True, "thresholds": thresholds} if thresholds else {}
         run.finish(module.model, processor, {**processor_facts(processor), **meta}, summary)
+        if scorer is not None:
+            save_ood(scorer, run.model_dir)
         card = {"classes": splits.classes, "metrics": metrics, "provenance": provenance}
         run.publish(cfg, resolved, loggers, **card)
         log.info("run dir: %s", run.root)
     objects = {"trainer": trainer, "module": module, "datamodule": datamodule, "cfg": cfg}
     return metrics, {**objects, "summary": summary}
+
+
+def _fit_ood(cfg: DictConfig, model, processor, splits):
+    """The unknown-defect scorer (``cfg.ood``) on the best weights' features, or None when off."""
+    ood = cfg.get("ood") or {}
+    if not ood.get("method"):
+        return None
+    if splits.multilabel:
+        log.info("ood: skipped, the unknown flag is for single-label models")
+        return None
+    return fit_scorer(
+        model,
+        processor,
+        splits.split("train"),
+        splits.split("val"),
+        method=str(ood.method),
+        acceptance=float(ood.get("acceptance", 0.95)),
+        k=int(ood.get("k", 5)),
+        batch_size=int(cfg.data.get("eval_batch_size") or 64),
+    )
 
 
 def _summary(

@@ -59,6 +59,12 @@ class TorchBackend(Backend):
     def torch_model(self) -> nn.Module:
         return self.model
 
+    @torch.inference_mode()
+    def features_and_logits(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pooled backbone features and logits of one forward pass (the OOD score needs both)."""
+        feats = self.model.features(pixel_values.to(self.device))
+        return feats.float().cpu(), self.model.head(feats).float().cpu()
+
 
 class ExportedBackend(Backend):
     """An export folder written by export.py, run by its own runtime (metadata.json says which)."""

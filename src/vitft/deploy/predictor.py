@@ -3,7 +3,8 @@
 A backend is anything that maps a float32 pixel batch ``(N, 3, H, W)`` to logits ``(N, classes)``
 (``vitft.deploy.backends``: PyTorch, or any export folder). The ``Predictor`` owns what is
 the same for every backend: decoding (``load_image``), the model's own preprocessing
-(``ImageTransform``), batching, test-time augmentation, the reject option and bad-file handling.
+(``ImageTransform``), batching, test-time augmentation, the reject option, the unknown flag (an
+OOD score on the backbone features, PyTorch backend only) and bad-file handling.
 Never imports Lightning: a checkpoint is read with ``torch.load(weights_only=True)``.
 """
 
@@ -30,11 +31,14 @@ from vitft.deploy.backends import Backend, ExportedBackend, TorchBackend
 from vitft.deploy.metadata import METADATA_FILE, read_metadata
 from vitft.modelio.checkpoint import load_classifier
 from vitft.modelio.hf import model_info
+from vitft.modelio.ood import has_ood, load_ood
 from vitft.models.multilabel import DEFAULT_THRESHOLD, decide, is_multilabel, label_sets
+from vitft.models.ood import OODScorer
 
 log = logging.getLogger(__name__)
 
 UNCERTAIN = "uncertain"
+UNKNOWN = "unknown"  # the label of an image unlike the training data (OOD score > threshold)
 
 
 def _multilabel_args(meta: dict) -> dict:
@@ -64,6 +68,10 @@ class Prediction:
     latency_ms: float  # decode + preprocess of this image + its share of the batch's forward
     # Multi-label models: every class at or above its threshold (empty: none); else None.
     labels: list[str] | None = None
+    # With an OOD scorer (model/ood.json, PyTorch backend): higher is less like the training
+    # data; unknown: above the scorer's threshold (then label is "unknown"). Else None.
+    ood_score: float | None = None
+    unknown: bool | None = None
 
 
 @dataclass
@@ -148,8 +156,15 @@ class Predictor:
         num_workers: int = 0,
         multilabel: bool = False,
         tuned_thresholds: dict[str, float] | None = None,
+        ood: OODScorer | None = None,
     ):
         self.backend = backend
+        if ood is not None and not hasattr(backend, "features_and_logits"):
+            raise VitftError(
+                f"the OOD score needs backbone features, which a {backend.description} export "
+                "does not output: predict with the PyTorch model dir (<run>/model)"
+            )
+        self.ood = ood
         self.labels = list(labels)
         self.multilabel = multilabel
         self.transform = ImageTransform(processor, None)
@@ -175,13 +190,22 @@ class Predictor:
         model_dir: str | Path | None = None,
         ckpt_path: str | Path | None = None,
         device: str | None = "cpu",
+        ood: bool = True,
         **kwargs: Any,
     ) -> Predictor:
         """A Predictor over a model dir, an export folder (onnx, onnx_int8, torch_int8, tflite,
-        ...: anything with a metadata.json) or a Lightning checkpoint."""
+        ...: anything with a metadata.json) or a Lightning checkpoint. ``ood``: load the model
+        dir's OOD scorer (model/ood.json) when it has one."""
         if model_dir and (Path(model_dir) / METADATA_FILE).is_file():
             backend = ExportedBackend(model_dir)
             meta = read_metadata(model_dir)
+            if ood and has_ood(meta.get("source_model")):
+                log.warning(
+                    "no ood_score: the unknown flag needs backbone features, which the %s export "
+                    "does not output; use model_dir=%s (PyTorch) for it",
+                    backend.description,
+                    meta.get("source_model"),
+                )
             processor = AutoImageProcessor.from_pretrained(model_dir)
             return cls(backend, meta["labels"], processor, **_multilabel_args(meta), **kwargs)
         model, processor = load_classifier(model_dir, ckpt_path)
@@ -189,7 +213,8 @@ class Predictor:
         if model_dir:
             meta.update(model_info(model_dir))
         backend = TorchBackend(model, device)
-        return cls(backend, model.labels, processor, **_multilabel_args(meta), **kwargs)
+        scorer = load_ood(model_dir) if ood and has_ood(model_dir) else None
+        return cls(backend, model.labels, processor, **_multilabel_args(meta), ood=scorer, **kwargs)
 
     def probabilities(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Softmax (multi-label: per-class sigmoid) probabilities ``(N, classes)``, averaged over
@@ -198,6 +223,37 @@ class Predictor:
         norm = torch.sigmoid if self.multilabel else lambda x: x.softmax(-1)
         probs = [norm(torch.as_tensor(self.backend(v.contiguous())).float()) for v in views]
         return torch.stack(probs).mean(0)
+
+    def outputs(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(probabilities, OOD scores or None). The OOD score is of the image as given (TTA views
+        are for the class decision), from the same forward pass as its logits."""
+        if self.ood is None:
+            return self.probabilities(pixel_values), None
+        feats, logits = self.backend.features_and_logits(pixel_values.contiguous())
+        scores = self.ood.score(feats)
+        if self.tta:
+            return self.probabilities(pixel_values), scores
+        norm = torch.sigmoid if self.multilabel else lambda x: x.softmax(-1)
+        return norm(logits), scores
+
+    def packed(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """``outputs`` as one tensor (probabilities, then the OOD score as a last column when
+        there is a scorer): what the serve micro-batcher passes around; ``unpack`` splits it."""
+        probs, scores = self.outputs(pixel_values)
+        return probs if scores is None else torch.cat([probs, scores[:, None]], 1)
+
+    def unpack(self, packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        n = len(self.labels)
+        return packed[:, :n], (packed[:, n] if packed.shape[1] > n else None)
+
+    def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Pooled backbone features ``(N, D)`` (PyTorch backend)."""
+        if not hasattr(self.backend, "features_and_logits"):
+            raise VitftError(
+                f"backbone features need the PyTorch model; a {self.backend.description} export "
+                "has none: pass model_dir=<run>/model"
+            )
+        return self.backend.features_and_logits(pixel_values.contiguous())[0]
 
     def _decide(self, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         conf, idx = probs.max(-1)
@@ -211,19 +267,36 @@ class Predictor:
             t0 = time.perf_counter()
             pils = [img if isinstance(img, Image.Image) else load_image(img) for img in chunk]
             pixels = torch.stack([self.transform(img) for img in pils])
-            probs = self.probabilities(pixels)
+            probs, scores = self.outputs(pixels)
             ms = (time.perf_counter() - t0) * 1000 / len(chunk)
             names = [
                 getattr(img, "filename", "") if isinstance(img, Image.Image) else str(img)
                 for img in chunk
             ]
-            out += self.records(names, probs, [ms] * len(chunk))
+            out += self.records(names, probs, [ms] * len(chunk), scores)
         return out
 
-    def records(self, paths: list[str], probs: torch.Tensor, ms: list[float]) -> list[Prediction]:
-        """One Prediction per row of ``probs`` (labels, reject option, latency)."""
+    def records(
+        self,
+        paths: list[str],
+        probs: torch.Tensor,
+        ms: list[float],
+        ood_scores: torch.Tensor | None = None,
+    ) -> list[Prediction]:
+        """One Prediction per row of ``probs`` (labels, reject option, unknown flag, latency)."""
         if self.multilabel:
-            return self._label_sets(paths, probs, ms)
+            out = self._label_sets(paths, probs, ms)
+        else:
+            out = self._single_label(paths, probs, ms)
+        if ood_scores is not None and self.ood is not None:
+            unknown = self.ood.unknown(ood_scores)
+            for i, p in enumerate(out):
+                p.ood_score, p.unknown = float(ood_scores[i]), bool(unknown[i])
+                if p.unknown:
+                    p.label = UNKNOWN
+        return out
+
+    def _single_label(self, paths: list[str], probs: torch.Tensor, ms: list[float]) -> list:
         conf, idx, reject = self._decide(probs)
         return [
             Prediction(
@@ -259,6 +332,35 @@ class Predictor:
         """Predict every image under ``inputs``; bad files are reported by name and skipped."""
         paths, bad = resolve_inputs(inputs)
         results = Results(bad_files=bad)
+        for good, pixels, pre_ms in self._batches(paths, results, progress, "predict"):
+            t0 = time.perf_counter()
+            probs, scores = self.outputs(pixels)
+            share = (time.perf_counter() - t0) * 1000 / len(good)
+            results.predictions += self.records(
+                [str(p) for p in good], probs, [m + share for m in pre_ms], scores
+            )
+        for b in results.bad_files:
+            log.warning("skipped %s: %s", b.path, b.reason)
+        return results
+
+    def features_files(
+        self, inputs: str | Path | Iterable[str | Path], progress: bool | None = None
+    ) -> tuple[torch.Tensor, list[str], list[BadFile]]:
+        """Backbone features ``(N, D)`` of every readable image under ``inputs`` (no TTA), the
+        paths they belong to, and the bad files."""
+        paths, bad = resolve_inputs(inputs)
+        results = Results(bad_files=bad)
+        feats: list[torch.Tensor] = []
+        names: list[str] = []
+        for good, pixels, _ in self._batches(paths, results, progress, "features"):
+            feats.append(self.features(pixels))
+            names += [str(p) for p in good]
+        dim = feats[0].shape[1] if feats else 0
+        return (torch.cat(feats) if feats else torch.zeros(0, dim)), names, results.bad_files
+
+    def _batches(self, paths: list[Path], results: Results, progress: bool | None, desc: str):
+        """(paths, pixels, per-image decode ms) per batch of readable files; the unreadable ones
+        are added to ``results.bad_files``."""
         loader = DataLoader(
             _Files(paths, self.transform),
             batch_size=self.batch_size,
@@ -271,20 +373,12 @@ class Predictor:
         if progress:
             from tqdm.auto import tqdm
 
-            batches = tqdm(loader, desc="predict", unit="batch")
+            batches = tqdm(loader, desc=desc, unit="batch")
         for items in batches:
             good = [it for it in items if it[1] is not None]
             for idx, _, err, _ in items:
                 if err is not None:
                     results.bad_files.append(BadFile(str(paths[idx]), err))
-            if not good:
-                continue
-            t0 = time.perf_counter()
-            probs = self.probabilities(torch.stack([it[1] for it in good]))
-            share = (time.perf_counter() - t0) * 1000 / len(good)
-            results.predictions += self.records(
-                [str(paths[it[0]]) for it in good], probs, [it[3] + share for it in good]
-            )
-        for b in results.bad_files:
-            log.warning("skipped %s: %s", b.path, b.reason)
-        return results
+            if good:
+                pixels = torch.stack([it[1] for it in good])
+                yield [paths[it[0]] for it in good], pixels, [it[3] for it in good]

@@ -35,7 +35,7 @@ from vitft.data.images import load_image
 from vitft.deploy.batching import ConcurrencyLimit, MicroBatcher
 from vitft.deploy.explain import Explainer
 from vitft.deploy.metadata import METADATA_FILE, read_metadata, sha256
-from vitft.deploy.predictor import UNCERTAIN, Predictor
+from vitft.deploy.predictor import UNCERTAIN, UNKNOWN, Predictor
 from vitft.modelio.hf import load_model
 
 try:  # the `serve` extra: pip install "vitft[serve]"
@@ -188,6 +188,16 @@ def model_facts(model_dir: Path, predictor: Predictor) -> dict:
             c: float(t) for c, t in zip(predictor.labels, predictor.thresholds, strict=True)
         },
         "uncertain_label": UNCERTAIN,
+        # The unknown flag (model/ood.json, PyTorch backend): predictions carry ood_score and
+        # unknown, and label "unknown" above the threshold. None: no scorer.
+        "ood": {
+            "method": predictor.ood.method,
+            "threshold": predictor.ood.threshold,
+            "acceptance": predictor.ood.acceptance,
+            "unknown_label": UNKNOWN,
+        }
+        if predictor.ood is not None
+        else None,
         "tta": predictor.tta,
         "vitft_version": __version__,
     }
@@ -214,9 +224,7 @@ def create_app(model_dir: str | Path, predictor: Predictor, settings: ServeSetti
     model_dir = Path(model_dir)
     facts = model_facts(model_dir, predictor)
     heatmap = has_heatmap(predictor)
-    batcher = MicroBatcher(
-        predictor.probabilities, settings.batch_max_size, settings.batch_max_wait_ms
-    )
+    batcher = MicroBatcher(predictor.packed, settings.batch_max_size, settings.batch_max_wait_ms)
     limit = ConcurrencyLimit(settings.max_concurrency)
     max_bytes = int(settings.max_request_mb * 1e6)
     state: dict[str, Any] = {"ready": False, "explainer": None}
@@ -261,9 +269,9 @@ def create_app(model_dir: str | Path, predictor: Predictor, settings: ServeSetti
             pixels = await run_in_threadpool(
                 lambda: torch.stack([predictor.transform(img) for _, img in images])
             )
-            probs = await batcher.submit(pixels)
+            probs, scores = predictor.unpack(await batcher.submit(pixels))
             ms = (time.perf_counter() - t0) * 1000
-            records = predictor.records([n for n, _ in images], probs, [ms] * len(images))
+            records = predictor.records([n for n, _ in images], probs, [ms] * len(images), scores)
             preds = []
             for r in records:
                 row = asdict(r)

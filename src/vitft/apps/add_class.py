@@ -1,0 +1,112 @@
+"""add_class(cfg): teach a trained model one more class from a few images (few-shot).
+
+model dir + a folder of the new class's images -> backbone features of the run's training images
+and the new ones -> the head grows one output, imprinted and fitted on those features
+(``vitft.models.extend``; the backbone is untouched) -> a new model dir, with the OOD scorer
+refitted when the model had one. Old classes are checked on the run's val images before/after.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vitft.core.errors import VitftError
+from vitft.deploy.ood import feature_predictor
+from vitft.modelio.hf import load_model, model_info, save_hf
+from vitft.modelio.ood import has_ood, load_ood, save_ood
+from vitft.models.extend import extend_head, fit_head
+from vitft.models.multilabel import is_multilabel
+from vitft.models.ood import OODScorer
+from vitft.run.rundir import Run, run_samples
+
+log = logging.getLogger(__name__)
+
+
+def _run_features(predictor, model_dir: str, split: str, labels: list[str]):
+    """Features and model-label indices of the run's ``split`` images."""
+    run = Run.of(model_dir)
+    if run is None or not run.split_file.is_file():
+        raise VitftError(
+            f"add_class needs the run's training images: {model_dir} is not inside a run dir "
+            "with split_manifest.csv (pass the model/ folder of a train.py run)"
+        )
+    _, classes, samples = run_samples(run.root, split)
+    to_model = [labels.index(c) for c in classes]
+    feats, names, _ = predictor.features_files([p for p, _ in samples], progress=False)
+    label_of = {str(p): to_model[y] for p, y in samples}
+    return feats, torch.tensor([label_of[n] for n in names], dtype=torch.long)
+
+
+def _accuracy(head, feats: torch.Tensor, labels: torch.Tensor) -> float | None:
+    if not len(labels):
+        return None
+    with torch.no_grad():
+        return float((head(feats).argmax(1) == labels).float().mean())
+
+
+def add_class(cfg: Any) -> dict:
+    """add_class.py: model_dir + images of class ``cfg['class']`` -> a new model dir (output)."""
+    name = cfg.get("class")
+    if not cfg.get("model_dir") or not name or not cfg.get("images"):
+        raise VitftError("set model_dir=<run>/model class=<new class name> images=<folder>")
+    name = str(name)
+    images = Path(str(cfg.images)).expanduser()
+    if not images.is_dir():
+        raise VitftError(f"images={cfg.images} is not a folder (the new class's images)")
+    model, processor = load_model(cfg.model_dir)
+    labels = list(model.labels)
+    if name in labels:
+        raise VitftError(f"class={name!r} is already one of the model's classes {labels}")
+    if is_multilabel(model.config):
+        raise VitftError("add_class extends single-label models; this model is multi-label")
+    predictor = feature_predictor(model, processor)
+    new, _, bad = predictor.features_files(images, progress=False)
+    for b in bad:
+        log.warning("skipped %s: %s", b.path, b.reason)
+    if not len(new):
+        raise VitftError(f"images={cfg.images} has no readable images")
+    if len(new) < 5:
+        log.warning("add_class: %d image(s) of %s; 5 or more give a steadier class", len(new), name)
+    old, old_y = _run_features(predictor, cfg.model_dir, "train", labels)
+    val, val_y = _run_features(predictor, cfg.model_dir, "val", labels)
+    before = _accuracy(model.head.eval(), val, val_y)
+
+    new_y = torch.full((len(new),), len(labels), dtype=torch.long)
+    head = extend_head(model.head, new)
+    head = fit_head(
+        head, torch.cat([old, new]), torch.cat([old_y, new_y]), int(cfg.steps), float(cfg.lr),
+        int(cfg.seed),
+    )  # fmt: skip
+    model.head = head
+    id2label = {i: c for i, c in enumerate([*labels, name])}
+    model.backbone.config.id2label = id2label
+    model.backbone.config.label2id = {c: i for i, c in id2label.items()}
+    report = {
+        "class": name,
+        "images": len(new),
+        "from_model": str(cfg.model_dir),
+        "old_val_acc_before": before,
+        "old_val_acc_after": _accuracy(head, val, val_y),
+        "new_class_train_recall": _accuracy(head, new, new_y),  # on its own images: optimistic
+    }
+    out = Path(str(cfg.output))
+    meta = {k: v for k, v in model_info(cfg.model_dir).items() if k not in ("head", "labels")}
+    save_hf(model, processor, out, meta={**meta, "metrics": {}, "added_class": report})
+    if has_ood(cfg.model_dir):
+        old_scorer = load_ood(cfg.model_dir)
+        feats, ys = torch.cat([old, new]), torch.cat([old_y, new_y])
+        scorer = OODScorer.fit(old_scorer.method, feats, ys, k=old_scorer.k)
+        save_ood(scorer.calibrate(val, float(old_scorer.acceptance or 0.95)), out)
+    (out / "added_class.json").write_text(json.dumps(report, indent=2))
+    print(
+        f"{name}: {len(new)} images -> {out}; old classes' val accuracy "
+        f"{before:.3f} -> {report['old_val_acc_after']:.3f}"
+        if before is not None
+        else f"{name}: {len(new)} images -> {out}"
+    )
+    return report
