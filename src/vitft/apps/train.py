@@ -133,13 +133,11 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     # 6. model/ (HF format, model card), summary.json, W&B artifact, hub push
     summary = _summary(metrics, splits, module, trainer, run, best, ckpt_path, rid, thresholds)
     if trainer.is_global_zero:
-        scorer = _fit_ood(cfg, module.model, processor, splits)
         meta = {"source_checkpoint": best or None, "metrics": metrics}
         meta |= {"task": cfg.task.get("name"), "model": cfg.model.get("name")}
         meta |= {"multilabel": True, "thresholds": thresholds} if thresholds else {}
         run.finish(module.model, processor, {**processor_facts(processor), **meta}, summary)
-        if scorer is not None:
-            save_ood(scorer, run.model_dir)
+        _fit_ood(cfg, module.model, processor, splits, datamodule.eval_batch_size, run.model_dir)
         card = {"classes": splits.classes, "metrics": metrics, "provenance": provenance}
         run.publish(cfg, resolved, loggers, **card)
         log.info("run dir: %s", run.root)
@@ -147,15 +145,15 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     return metrics, {**objects, "summary": summary}
 
 
-def _fit_ood(cfg: DictConfig, model, processor, splits):
-    """The unknown-defect scorer (``cfg.ood``) on the best weights' features, or None when off."""
+def _fit_ood(cfg: DictConfig, model, processor, splits, batch_size, model_dir: Path) -> None:
+    """The unknown-defect scorer (``cfg.ood``) on the best weights' features, into ``model_dir``."""
     ood = cfg.get("ood") or {}
     if not ood.get("method"):
-        return None
+        return
     if splits.multilabel:
         log.info("ood: skipped, the unknown flag is for single-label models")
-        return None
-    return fit_scorer(
+        return
+    scorer = fit_scorer(
         model,
         processor,
         splits.split("train"),
@@ -163,8 +161,9 @@ def _fit_ood(cfg: DictConfig, model, processor, splits):
         method=str(ood.method),
         acceptance=float(ood.get("acceptance", 0.95)),
         k=int(ood.get("k", 5)),
-        batch_size=int(cfg.data.get("eval_batch_size") or 64),
+        batch_size=batch_size if isinstance(batch_size, int) else 64,
     )
+    save_ood(scorer, model_dir)
 
 
 def _summary(
