@@ -7,7 +7,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
-from tests.conftest import CONF, TINY_VIT_CONFIG, make_cfg, make_multilabel_manifest
+from tests.conftest import CONF, ROOT, TINY_VIT_CONFIG, make_cfg, make_multilabel_manifest
 from tests.test_strategies import fit_steps
 from vitft.apps.evaluate import evaluate
 from vitft.apps.export import export
@@ -156,3 +156,21 @@ def test_serve_returns_label_sets_and_thresholds(trained):
         answer = client.post("/predict", files=files).json()["predictions"]
     assert [a["labels"] for a in answer] == expected
     assert [a["label"] for a in answer] == [";".join(labels) for labels in expected]
+
+
+def test_eval_cli_with_only_model_dir_checks_the_runs_own_split(trained, tmp_path):
+    """`eval.py model_dir=<run>/model` (eval's default task is data/defect, not the run's data)
+    evaluates the run's held-out test split, label sets included."""
+    import subprocess
+    import sys
+
+    root = trained[0]
+    out = tmp_path / "eval"
+    cmd = [sys.executable, "eval.py", f"model_dir={root / 'run' / 'model'}", f"hydra.run.dir={out}"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    manifest = (root / "run" / "split_manifest.csv").read_text().splitlines()
+    assert metrics["multilabel"] and metrics["images"] == sum(
+        r.startswith("test,") for r in manifest
+    )

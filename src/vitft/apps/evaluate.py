@@ -41,7 +41,7 @@ from vitft.data.sources import scan_data, source_of
 from vitft.deploy.backends import ExportedBackend
 from vitft.deploy.explain import Explainer
 from vitft.deploy.predictor import Predictor, Results
-from vitft.run.rundir import Run, run_samples
+from vitft.run.rundir import own_run, run_samples
 from vitft.training import tracking
 
 log = logging.getLogger(__name__)
@@ -123,14 +123,14 @@ def _samples(cfg: Any) -> tuple[Path, list[str], list[tuple[Path, int]]]:
     """(root, classes, samples) to evaluate on.
 
     - The model's run split (``<run>/split_manifest.csv``) when ``cfg.data`` is the run's own
-      dataset: the very files training held out, whatever seed or fractions eval's config has.
+      dataset or was not set: the very files training held out (``own_run``).
     - A folder without train/ (e.g. images from a new production line): its class folders.
     - Any other train/val/test dataset: its ``cfg.split``, split as configured.
     """
     data, split = cfg.data, cfg.split
     root = Path(data.data_dir).expanduser()
-    run = Run.of(cfg.get("model_dir") or cfg.get("ckpt_path"))
-    if run and run.split_file.is_file() and root.resolve() == run.read_split()[0].root.resolve():
+    run = own_run(cfg)
+    if run is not None:
         return run_samples(run.root, split)
     if source_of(data) == "folder" and root.is_dir() and not (root / "train").is_dir():
         classes = class_folders(root)

@@ -21,6 +21,7 @@ from vitft.data.images import load_image
 from vitft.data.sources import scan_data
 from vitft.deploy.predictor import Predictor
 from vitft.models.multilabel import compute_metrics, decide, label_sets
+from vitft.run.rundir import own_run, run_samples
 
 FIGURES = {
     "pr_curves": "precision-recall curve per class; dots: the tuned threshold's operating point",
@@ -38,14 +39,17 @@ def evaluate_multilabel(
 ) -> tuple[dict[str, Any], dict[str, tuple[Path, str]], list[list]]:
     """(metrics, {figure: (png, caption)}, table rows) of ``predictor`` on ``cfg.split``."""
     labels = predictor.labels
-    data = {**cfg.data, "classes": labels}  # the model's classes, in its order
-    splits = scan_data(data, multilabel=True)
-    samples = splits.split(cfg.split)
+    run = own_run(cfg)
+    if run is not None:
+        root, _, samples = run_samples(run.root, cfg.split, labels=labels)
+    else:
+        splits = scan_data({**cfg.data, "classes": labels}, multilabel=True)  # the model's order
+        root, samples = splits.root, splits.split(cfg.split)
     if not samples:
-        raise VitftError(f"{splits.root}: the {cfg.split} split has no images")
+        raise VitftError(f"{root}: the {cfg.split} split has no images")
     results = predictor.predict_files([p for p, _ in samples], progress=cfg.get("progress"))
     if not results.predictions:
-        raise VitftError(f"no readable images in {splits.root} ({cfg.split})")
+        raise VitftError(f"no readable images in {root} ({cfg.split})")
     true_of = {str(p): y for p, y in samples}
     probs = torch.tensor([[p.probs[c] for c in labels] for p in results.predictions])
     target = torch.tensor([true_of[p.path] for p in results.predictions])
@@ -53,7 +57,7 @@ def evaluate_multilabel(
     metrics = compute_metrics(probs, target, labels, thresholds)
     metrics.update(
         split=cfg.split,
-        data_dir=str(splits.root),
+        data_dir=str(root),
         model=str(cfg.get("model_dir") or cfg.get("ckpt_path")),
         classes=labels,
         multilabel=True,

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
 from vitft.core.errors import VitftError
@@ -175,6 +176,26 @@ def check_files(samples: list[Sample], split_file: Path, recorded: dict[str, str
                 f"{path} changed since training (sha256 differs from {split_file}): the split is "
                 "no longer the run's; restore the file or pass data_dir= for other data"
             )
+
+
+def _data_on_command_line() -> bool:
+    """Whether the command line chose the data (``task=``, ``data=``, ``task.data_dir=`` ...)."""
+    try:
+        overrides = HydraConfig.get().overrides.task
+    except ValueError:  # a direct call, not through Hydra: cfg.data is the caller's choice
+        return True
+    return any(o.lstrip("+~").split("=")[0].split(".")[0] in ("task", "data") for o in overrides)
+
+
+def own_run(cfg: Any) -> Run | None:
+    """The run of ``cfg.model_dir`` (or ``ckpt_path``) when eval checks the model on that run's
+    split: the run wrote one, and eval's data is the run's dataset or was left at its default."""
+    run = Run.of(cfg.get("model_dir") or cfg.get("ckpt_path"))
+    if run is None or not run.split_file.is_file():
+        return None
+    root = Path(cfg.data.data_dir).expanduser().resolve()
+    recorded = run.read_split()[0].root.resolve()
+    return run if recorded in (root, root.parent) or not _data_on_command_line() else None
 
 
 def run_samples(
