@@ -174,3 +174,20 @@ def test_eval_cli_with_only_model_dir_checks_the_runs_own_split(trained, tmp_pat
     assert metrics["multilabel"] and metrics["images"] == sum(
         r.startswith("test,") for r in manifest
     )
+
+
+def test_prune_a_multilabel_model_keeps_its_label_sets(trained, tmp_path):
+    from vitft.apps.prune import prune
+
+    root, _, objects = trained
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("prune", overrides=[f"model_dir={root / 'run' / 'model'}", "heads=1"])
+    with open_dict(cfg):
+        cfg.output_dir = str(tmp_path / "pruned")
+    report = prune(cfg)
+    assert report["params_after"] < report["params_before"]
+    pruned = Predictor.from_path(tmp_path / "pruned" / "model")
+    tuned = objects["summary"]["thresholds"]
+    assert pruned.multilabel and pruned.thresholds.tolist() == pytest.approx(list(tuned.values()))
+    image = sorted((root / "data" / "images").glob("*.png"))[0]
+    assert isinstance(pruned.predict([image])[0].labels, list)

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from vitft.data.transforms import processor_facts
-from vitft.modelio.hf import load_model, save_hf
+from vitft.modelio.hf import load_model, multilabel_facts, save_hf
 from vitft.models.pruning import head_counts, head_importance, lowest_heads, prune_heads
 from vitft.run.provenance import PROVENANCE_FILE
 from vitft.run.rundir import Run, model_images
@@ -26,6 +26,8 @@ def prune(cfg) -> dict:
     x, y = torch.from_numpy(images.x), torch.from_numpy(images.y)
     bs = int(cfg.batch_size)
     scores = head_importance(model, [(x[i : i + bs], y[i : i + bs]) for i in range(0, len(y), bs)])
+    # A multi-label model keeps its tuned per-class thresholds.
+    label_facts = multilabel_facts(model_dir, model.labels) if images.y.ndim == 2 else {}
     before = sum(p.numel() for p in model.parameters())
     remove = lowest_heads(scores, int(cfg.heads))
     prune_heads(model.backbone, remove)
@@ -35,7 +37,7 @@ def prune(cfg) -> dict:
         model,
         processor,
         out / "model",
-        meta={**processor_facts(processor), "pruned_from": str(model_dir)},
+        meta={**processor_facts(processor), **label_facts, "pruned_from": str(model_dir)},
     )
     _inherit_run(model_dir, Run(out), cfg.get("data_dir"))
     report = {

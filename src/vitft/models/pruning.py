@@ -67,7 +67,8 @@ def head_gates(hf_model: PreTrainedModel, gates: torch.Tensor) -> Iterator[None]
 def head_importance(
     model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
 ) -> torch.Tensor:
-    """(layers, heads) importance of ``model`` (an ImageClassifier) on labelled ``batches``."""
+    """(layers, heads) importance of ``model`` (an ImageClassifier) on labelled ``batches``
+    (class indices, or 0/1 rows for a multi-label model)."""
     hf_model = model.backbone
     counts = head_counts(hf_model)
     gates = torch.ones(len(counts), max(counts), requires_grad=True)
@@ -77,7 +78,11 @@ def head_importance(
     n = 0
     with head_gates(hf_model, gates):
         for x, y in batches:
-            loss = nn.functional.cross_entropy(model(x), y)
+            logits = model(x)
+            if y.ndim == 2:  # multi-label: 0/1 per class
+                loss = nn.functional.binary_cross_entropy_with_logits(logits, y.float())
+            else:
+                loss = nn.functional.cross_entropy(logits, y)
             (grad,) = torch.autograd.grad(loss, gates)
             scores += grad.abs() * len(y)
             n += len(y)
