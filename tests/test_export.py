@@ -55,7 +55,7 @@ def model_dir(tmp_path_factory) -> Path:
 
 
 def test_onnx_and_int8_formats_reload_and_agree(model_dir, tiny_data):
-    formats = ["onnx", "onnx_int8", "onnx_int8_static", "torch_int8"]
+    formats = ["onnx", "onnx_int8", "onnx_int8_static", "onnx_int8_trt", "torch_int8"]
     cfg = export_cfg(model_dir, tiny_data, f"formats=[{','.join(formats)}]", "calibration_images=6")
     results = export(cfg)
     out = Path(cfg.output_dir)
@@ -99,6 +99,14 @@ def test_onnx_and_int8_formats_reload_and_agree(model_dir, tiny_data):
         ]
         assert not {n.domain for n in qgraph.node} - {"", "ai.onnx"}  # standard ONNX ops only
         assert "reduce_range" in read_metadata(out / fmt)["quantization"]["weights"]
+    # TensorRT's int8: every quantize/dequantize pair signed and symmetric (zero point 0).
+    trt = onnx.load(str(out / "onnx_int8_trt" / "model.onnx")).graph
+    init = {t.name: onnx.numpy_helper.to_array(t) for t in trt.initializer}
+    zero_points = [
+        init[n.input[2]] for n in trt.node
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2
+    ]  # fmt: skip
+    assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points)
 
 
 def test_torch_int8_reloads_in_fresh_process(model_dir, tiny_data):

@@ -33,6 +33,12 @@ FORMATS: dict[str, Format] = {
     "onnx_int8_static": Format(
         "onnxruntime", "int8", "model.onnx", "ONNX Runtime static int8 (QDQ, calibrated)"
     ),
+    "onnx_int8_trt": Format(
+        "onnxruntime",
+        "int8",
+        "model.onnx",
+        "ONNX QDQ int8 for TensorRT (signed, symmetric, zero point 0; calibrated)",
+    ),
     "torch_int8": Format("torchscript", "int8", "model.pt", "PyTorch dynamic int8 (Linear)"),
     "tflite": Format("litert", "fp32", "model.tflite", "LiteRT fp32"),
     "tflite_int8": Format("litert", "int8", "model.tflite", "LiteRT dynamic-range int8"),
@@ -42,7 +48,7 @@ FORMATS: dict[str, Format] = {
     ),
 }
 # Formats that quantize with activation statistics of calibration images (train split).
-CALIBRATED = ("onnx_int8_static", "openvino_int8")
+CALIBRATED = ("onnx_int8_static", "onnx_int8_trt", "openvino_int8")
 
 
 def check_formats(formats: list[str]) -> list[str]:
@@ -80,6 +86,9 @@ def write_format(
     elif fmt == "onnx_int8_static":
         assert calibration is not None
         quantize.onnx_int8_static(fp32_onnx(), dst, calibration.x)
+    elif fmt == "onnx_int8_trt":
+        assert calibration is not None
+        quantize.onnx_int8_static(fp32_onnx(), dst, calibration.x, tensorrt=True)
     elif fmt == "torch_int8":
         quantize.torch_int8_dynamic(model, dst, size)
     elif fmt == "tflite":

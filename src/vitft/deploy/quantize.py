@@ -37,6 +37,13 @@ ONNX_INT8_FACTS = {
         "quantized_ops": "the backbone's Linear layers (MatMul with a weight); the rest float32",
         "ops": "standard ONNX (QuantizeLinear, DequantizeLinear); no contrib ops",
     },
+    "onnx_int8_trt": {
+        "method": "static (QDQ), for TensorRT int8 engines",
+        "weights": "int8, per output channel, symmetric (zero point 0), full 8-bit range",
+        "activations": "int8, per tensor, symmetric (zero point 0), calibrated (MinMax)",
+        "quantized_ops": "the backbone's Linear layers (MatMul with a weight); the rest float32",
+        "ops": "standard ONNX (QuantizeLinear, DequantizeLinear); no contrib ops",
+    },
 }
 
 
@@ -100,7 +107,9 @@ class _Calibration:
         pass
 
 
-def onnx_int8_static(src: str | Path, dst: str | Path, calibration: np.ndarray) -> Path:
+def onnx_int8_static(
+    src: str | Path, dst: str | Path, calibration: np.ndarray, tensorrt: bool = False
+) -> Path:
     """Weights and activations int8 (QDQ), activation ranges calibrated on ``calibration``.
 
     Only the backbone's Linear layers are quantized: LayerNorm, Softmax, GELU and the attention
@@ -109,6 +118,9 @@ def onnx_int8_static(src: str | Path, dst: str | Path, calibration: np.ndarray) 
     Weights are per channel with a 7-bit range (see REDUCE_RANGE): on a trained vit_tiny that,
     not calibration, decided parity (MinMax, percentile and entropy calibration, 64 or 120
     images, symmetric int8 activations and QOperator did not fix it).
+
+    ``tensorrt``: the QDQ form TensorRT builds int8 engines from: activations and weights signed
+    int8, symmetric (zero point 0), full 8-bit weight range.
     """
     from onnxruntime.quantization import (
         CalibrationMethod,
@@ -129,10 +141,11 @@ def onnx_int8_static(src: str | Path, dst: str | Path, calibration: np.ndarray) 
             op_types_to_quantize=["MatMul", "Gemm"],
             nodes_to_quantize=backbone_matmuls(pre),
             per_channel=True,
-            reduce_range=REDUCE_RANGE,
-            activation_type=QuantType.QUInt8,
+            reduce_range=REDUCE_RANGE and not tensorrt,
+            activation_type=QuantType.QInt8 if tensorrt else QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
+            extra_options={"ActivationSymmetric": tensorrt, "WeightSymmetric": True},
         )
     return Path(dst)
 
