@@ -159,3 +159,25 @@ def test_file_that_turns_bad_mid_run_is_replaced_and_recorded(tmp_path):
     value, label = ds[1]
     assert label == 0 and value == pytest.approx(np.asarray(Image.open(samples[2][0])).mean())
     assert str(samples[1][0]) in log_file.read_text()
+
+
+def test_ranks_above_zero_take_rank_zeros_screening(tmp_path, monkeypatch):
+    """Under DDP rank 0 screens every file once; the ranks Lightning starts after it reuse its
+    result from the run dir instead of reading every file again."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from vitft.data import doctor
+    from vitft.training.factory import screened_splits
+
+    data = make_dataset(tmp_path / "data")
+    bad = sorted((data / "train").rglob("*.png"))[0]
+    bad.write_bytes(b"not an image")
+    out = tmp_path / "run"
+    out.mkdir()
+    cfg = make_cfg(out, data)
+    first = screened_splits(cfg, out)
+    assert bad not in [p for p, _ in first.train]
+    monkeypatch.setattr(rank_zero_only, "rank", 1)
+    monkeypatch.setattr(doctor, "screen", lambda *a, **k: pytest.fail("rank 1 screened again"))
+    second = screened_splits(cfg, out)
+    assert (second.train, second.val, second.test) == (first.train, first.val, first.test)

@@ -3,8 +3,10 @@ trainer. ``vitft.apps.train.train`` calls them in order; each is one step of the
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,12 +14,13 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
 from vitft.core.errors import VitftError
 from vitft.core.hardware import resolve_precision
 from vitft.data import doctor
-from vitft.data.folder import DatasetSplits
+from vitft.data.folder import SPLITS, DatasetSplits
 from vitft.data.sources import scan_data
 from vitft.modelio.checkpoint import read_checkpoint
 from vitft.models.classifier import ImageClassifier
@@ -32,16 +35,31 @@ from vitft.training.module import ClassifierModule
 log = logging.getLogger(__name__)
 
 
+SCREENED_FILE = "screened.json"
+
+
 def screened_splits(cfg: DictConfig, output_dir: Path) -> DatasetSplits:
     """Scan the data source (folders, manifest or HF dataset) into train/val/test and screen its
-    files (``data.on_bad_file``)."""
+    files (``data.on_bad_file``). Under DDP only rank 0 reads every file: Lightning starts the
+    other ranks after it has screened, and they take its result from the run dir."""
     data = cfg.data
     splits = scan_data(data, cfg.task.get("multilabel"), output_dir)
-    splits = doctor.screen(
-        splits, data.get("on_bad_file", "skip"), data.get("check", "header"), output_dir
-    )
-    log.info("dataset %s\n%s", splits.root, splits.summary())
-    return splits
+    policy, check = data.get("on_bad_file", "skip"), data.get("check", "header")
+    files = [(s, str(p)) for s in SPLITS for p, _ in splits.split(s)]
+    key = hashlib.sha256(json.dumps([files, policy, check]).encode()).hexdigest()
+    record = Path(output_dir) / SCREENED_FILE
+    saved = json.loads(record.read_text()) if record.is_file() else {}
+    if rank_zero_only.rank > 0 and saved.get("key") == key:
+        dropped = set(saved["dropped"])
+        kept = {s: [(p, y) for p, y in splits.split(s) if str(p) not in dropped] for s in SPLITS}
+        return replace(splits, **kept)
+    screened = doctor.screen(splits, policy, check, output_dir)
+    if rank_zero_only.rank == 0:
+        left = {str(p) for s in SPLITS for p, _ in screened.split(s)}
+        dropped = sorted({p for _, p in files} - left)
+        record.write_text(json.dumps({"key": key, "dropped": dropped}))
+    log.info("dataset %s\n%s", splits.root, screened.summary())
+    return screened
 
 
 def build_datamodule(
