@@ -70,6 +70,7 @@ def fit(data: Path, out: Path, seed: int, epochs: int) -> tuple[float, Path]:
                 "task=folder",
                 f"task.data_dir={data}",
                 "task.classes=[normal,crack,dent]",
+                "model.image_size=64",  # as measured: the backbone's pretraining size
                 f"seed={seed}",
                 f"trainer.max_epochs={epochs}",
             ],
