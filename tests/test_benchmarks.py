@@ -21,6 +21,7 @@ SCRIPTS = [
     "memory",
     "unknown_defect",
     "active_learning",
+    "add_class",
 ]
 
 
