@@ -19,7 +19,7 @@ from vitft.core.errors import VitftError
 from vitft.deploy.ood import feature_predictor
 from vitft.modelio.hf import load_model, model_info, save_hf
 from vitft.modelio.ood import has_ood, load_ood, save_ood
-from vitft.models.extend import extend_head, fit_head
+from vitft.models.extend import extend_head, fit_head, protect_old_classes
 from vitft.models.multilabel import is_multilabel
 from vitft.models.ood import OODScorer
 from vitft.run.rundir import Run, run_samples
@@ -82,6 +82,7 @@ def add_class(cfg: Any) -> dict:
         head, torch.cat([old, new]), torch.cat([old_y, new_y]), int(cfg.steps), float(cfg.lr),
         int(cfg.seed),
     )  # fmt: skip
+    offset = protect_old_classes(head, val, val_y, float(cfg.max_old_taken))
     model.head = head
     id2label = {i: c for i, c in enumerate([*labels, name])}
     model.backbone.config.id2label = id2label
@@ -93,6 +94,7 @@ def add_class(cfg: Any) -> dict:
         "old_val_acc_before": before,
         "old_val_acc_after": _accuracy(head, val, val_y),
         "new_class_train_recall": _accuracy(head, new, new_y),  # on its own images: optimistic
+        "new_class_bias_offset": offset,
     }
     out = Path(str(cfg.output))
     meta = {k: v for k, v in model_info(cfg.model_dir).items() if k not in ("head", "labels")}
