@@ -59,14 +59,15 @@ def _int(name: str) -> int | None:
     return int(value) if value else None
 
 
-extra: list[Callback] = []
-if _int("VITFT_KILL_AT_STEP") is not None or _int("VITFT_KILL_IN_VAL") is not None:
-    extra.append(KillAt(_int("VITFT_KILL_AT_STEP"), _int("VITFT_KILL_IN_VAL")))
-if os.environ.get("VITFT_SNAPSHOTS"):
-    extra.append(Snapshots(os.environ["VITFT_SNAPSHOTS"]))
-if extra:
-    _instantiate_all = vitft.apps.train._instantiate_all
-    vitft.apps.train._instantiate_all = lambda cfg: [*_instantiate_all(cfg), *extra]
+if __name__ == "__main__":  # loader workers started by forkserver import this module
+    extra: list[Callback] = []
+    if _int("VITFT_KILL_AT_STEP") is not None or _int("VITFT_KILL_IN_VAL") is not None:
+        extra.append(KillAt(_int("VITFT_KILL_AT_STEP"), _int("VITFT_KILL_IN_VAL")))
+    if os.environ.get("VITFT_SNAPSHOTS"):
+        extra.append(Snapshots(os.environ["VITFT_SNAPSHOTS"]))
+    if extra:
+        _instantiate_all = vitft.apps.train._instantiate_all
+        vitft.apps.train._instantiate_all = lambda cfg: [*_instantiate_all(cfg), *extra]
 
-sys.argv[0] = str(ROOT / "train.py")
-runpy.run_path(str(ROOT / "train.py"), run_name="__main__")
+    sys.argv[0] = str(ROOT / "train.py")
+    runpy.run_path(str(ROOT / "train.py"), run_name="__main__")

@@ -2,4 +2,5 @@
 
 from vitft.apps.console import main
 
-main()
+if __name__ == "__main__":  # multiprocessing (spawn, forkserver) imports this module again
+    main()

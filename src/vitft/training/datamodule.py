@@ -201,7 +201,12 @@ class FolderDataModule(L.LightningDataModule):
         if trainer is None:
             return loader_options(*self.loader_settings)
         device = trainer.strategy.root_device.type
-        return loader_options(*self.loader_settings, trainer.num_devices, device)
+        options = loader_options(*self.loader_settings, trainer.num_devices, device)
+        if trainer.world_size > 1 and options["num_workers"] > 0:
+            # Forking a DDP process whose gloo/NCCL threads may hold a lock can deadlock the
+            # new worker (seen as a rare hang at the first batch); forkserver workers start clean.
+            options["multiprocessing_context"] = "forkserver"
+        return options
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         size = self.batch_size if split == "train" else self.eval_batch_size
