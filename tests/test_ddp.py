@@ -117,3 +117,20 @@ def test_ddp_staged_unfreezing_keeps_the_ranks_identical(tmp_path, freeze):
     ranks = _ddp_train(tmp_path, "model=vit_tiny", *freeze, "trainer.max_epochs=2")
     assert "backbone.vit.embeddings.patch_embeddings.projection.weight" in ranks[0]["trainable"]
     assert ranks[0] == ranks[1]
+
+
+def test_loader_workers_start_by_forkserver_inside_a_process_group(tmp_path):
+    """Forked workers of a rank whose gloo threads hold a lock can hang; inside a process group
+    every vitft DataLoader asks for forkserver."""
+    import torch.distributed as dist
+
+    from vitft.core.hardware import worker_start
+
+    assert worker_start(2) == {}
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        assert worker_start(2) == {"multiprocessing_context": "forkserver"}
+        assert worker_start(0) == {}
+    finally:
+        dist.destroy_process_group()

@@ -112,6 +112,15 @@ def auto_workers(local_processes: int = 1) -> int:
     return max(0, min(MAX_WORKERS, cpus_per_process(local_processes) - 1))
 
 
+def worker_start(num_workers: int) -> dict:
+    """DataLoader start method: ``forkserver`` inside a distributed process group. A worker forked
+    from a process whose gloo or NCCL threads hold a lock can hang at its first batch."""
+    dist = torch.distributed
+    if num_workers > 0 and dist.is_available() and dist.is_initialized():
+        return {"multiprocessing_context": "forkserver"}
+    return {}
+
+
 def loader_options(
     num_workers: int | str,
     pin_memory: bool | str,

@@ -33,7 +33,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from vitft.core.errors import VitftError
-from vitft.core.hardware import loader_options
+from vitft.core.hardware import loader_options, worker_start
 from vitft.data.folder import Sample
 from vitft.data.transforms import ImageTransform
 from vitft.training.datamodule import FolderDataModule, ImageDataset, ResumableLoader
@@ -279,6 +279,7 @@ class FeatureCache:
                     batch_size=self.batch_size,
                     num_workers=self.num_workers,
                     collate_fn=transform.collate,
+                    **worker_start(self.num_workers),
                 )
                 i = 0
                 for pixels, _ in loader:

@@ -14,7 +14,7 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from vitft.core.hardware import loader_options
+from vitft.core.hardware import loader_options, worker_start
 from vitft.data.folder import DatasetSplits, Sample
 from vitft.data.images import load_image
 from vitft.data.transforms import ImageTransform
@@ -202,11 +202,7 @@ class FolderDataModule(L.LightningDataModule):
             return loader_options(*self.loader_settings)
         device = trainer.strategy.root_device.type
         options = loader_options(*self.loader_settings, trainer.num_devices, device)
-        if trainer.world_size > 1 and options["num_workers"] > 0:
-            # Forking a DDP process whose gloo/NCCL threads may hold a lock can deadlock the
-            # new worker (seen as a rare hang at the first batch); forkserver workers start clean.
-            options["multiprocessing_context"] = "forkserver"
-        return options
+        return {**options, **worker_start(options["num_workers"])}
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         size = self.batch_size if split == "train" else self.eval_batch_size

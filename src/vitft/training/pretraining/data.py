@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from vitft.core.errors import VitftError
+from vitft.core.hardware import worker_start
 from vitft.data import doctor
 from vitft.data.folder import _is_hidden_or_junk, list_images
 from vitft.data.images import load_image
@@ -126,4 +127,5 @@ class UnlabelledDataModule(L.LightningDataModule):
             persistent_workers=self.persistent_workers,
             collate_fn=collate_views,
             drop_last=len(self.dataset) > self.batch_size,
+            **worker_start(self.num_workers),
         )

@@ -17,6 +17,11 @@ from vitft.training.pretraining.encoder import vit_encoder
 from vitft.training.pretraining.views import normalize
 
 
+def _one_view(x: torch.Tensor) -> tuple[torch.Tensor]:
+    """MAE trains on one view per image (a module-level function: workers pickle the views)."""
+    return (x,)
+
+
 class MAE(nn.Module):
     """``loss(views)``: the masked-patch reconstruction loss of one augmented view."""
 
@@ -67,7 +72,7 @@ class MAE(nn.Module):
                 v2.RandomHorizontalFlip(),
                 v2.ToDtype(torch.float32, scale=True),
                 normalize(processor),
-                lambda x: (x,),
+                _one_view,
             ]
         )
 
