@@ -202,3 +202,12 @@ def test_an_export_backend_cannot_carry_the_ood_score():
     scorer = OODScorer.fit("knn", x, y)
     with pytest.raises(VitftError, match="OOD score needs backbone features"):
         Predictor(_LogitsOnly(), ["a", "b", "c"], processor=None, ood=scorer)
+
+
+def test_mahalanobis_fits_features_without_spread():
+    """A frozen random backbone can pool every image to the same features: still a scorer."""
+    from vitft.models.ood import OODScorer
+
+    feats = torch.ones(6, 8)
+    scorer = OODScorer.fit("mahalanobis", feats, torch.tensor([0, 0, 0, 1, 1, 1]))
+    assert torch.isfinite(scorer.score(torch.cat([feats, feats + 1]))).all()

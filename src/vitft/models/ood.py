@@ -36,7 +36,10 @@ def ledoit_wolf(centered: torch.Tensor) -> tuple[torch.Tensor, float]:
     sq = centered**2
     beta = ((sq.T @ sq) / n - cov**2).sum() / (d * n)
     shrink = float(torch.clamp(beta / delta, 0.0, 1.0)) if delta > 0 else 1.0
-    return (1 - shrink) * cov + shrink * target, shrink
+    # A small ridge keeps it invertible when features have no spread (e.g. a frozen random
+    # backbone whose pooled features are constant).
+    ridge = (1e-6 * mu + 1e-12) * torch.eye(d, dtype=cov.dtype)
+    return (1 - shrink) * cov + shrink * target + ridge, shrink
 
 
 @dataclass
