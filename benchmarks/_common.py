@@ -112,6 +112,26 @@ def compose(output_dir: Path, data_dir: Path, *overrides: str):
     return cfg
 
 
+def quickstart_cfg(output_dir: Path, data_dir: Path, classes: list[str], seed: int, *overrides):
+    """``experiment=quickstart`` on a class-folder dataset, quiet, writing into ``output_dir``
+    (the recipe the pretraining, unknown-defect, active-learning and add-class runs share)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from omegaconf import open_dict
+
+    quiet = ["logger=none", "callbacks.lr_monitor=null", "callbacks.progress_bar=null",
+             "+trainer.enable_model_summary=false", "data.num_workers=0"]  # fmt: skip
+    task = ["task=folder", f"task.data_dir={data_dir}", f"task.classes=[{','.join(classes)}]"]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = hydra_compose(
+            "train",
+            overrides=["experiment=quickstart", *quiet, *task, f"seed={seed}", *overrides],
+        )
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+    return cfg
+
+
 def median(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 

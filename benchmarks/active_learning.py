@@ -21,23 +21,23 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import CONF, DATA, cpu_flags, machine_note, set_threads, table, write_results
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf, open_dict
+from _common import (
+    CONF,
+    DATA,
+    cpu_flags,
+    machine_note,
+    quickstart_cfg,
+    set_threads,
+    table,
+    write_results,
+)
+from omegaconf import OmegaConf
 
 from vitft.apps.select import select
 from vitft.apps.train import train
 from vitft.data.folder import list_images
 
 STRATEGIES = ("random", "margin", "entropy", "coreset", "badge")
-QUIET = [
-    "logger=none",
-    "callbacks.lr_monitor=null",
-    "callbacks.progress_bar=null",
-    "+trainer.enable_model_summary=false",
-    "data.num_workers=0",
-    "ood.method=null",
-]
 
 
 def pool_images(limit: int | None) -> list[tuple[Path, str]]:
@@ -61,22 +61,14 @@ def dataset(dst: Path, labelled: list[tuple[Path, str]], limit: int | None) -> P
 
 
 def fit(data: Path, out: Path, seed: int, epochs: int) -> tuple[float, Path]:
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=[
-                "experiment=quickstart",
-                *QUIET,
-                "task=folder",
-                f"task.data_dir={data}",
-                "task.classes=[normal,crack,dent]",
-                "model.image_size=64",  # as measured: the backbone's pretraining size
-                f"seed={seed}",
-                f"trainer.max_epochs={epochs}",
-            ],
-        )
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(out)
+    cfg = quickstart_cfg(
+        out,
+        data,
+        ["normal", "crack", "dent"],
+        seed,
+        "model.image_size=64",  # as measured: the backbone's pretraining size
+        f"trainer.max_epochs={epochs}",
+    )
     metrics, objects = train(cfg)
     return float(metrics["test/acc"]), Path(objects["summary"]["model_dir"])
 

@@ -19,10 +19,18 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from _common import CONF, ROOT, cpu_flags, machine_note, set_threads, table, write_results
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf, open_dict
-from unknown_defect import QUIET, class_images, split_classes
+from _common import (
+    CONF,
+    ROOT,
+    cpu_flags,
+    machine_note,
+    quickstart_cfg,
+    set_threads,
+    table,
+    write_results,
+)
+from omegaconf import OmegaConf
+from unknown_defect import class_images, split_classes
 
 from vitft.apps.add_class import add_class
 from vitft.apps.train import train
@@ -43,24 +51,16 @@ def one_run(held_out: str, seed: int, shots: list[int], tmp: Path, epochs: int) 
     data = tmp / f"{held_out}_{seed}"
     split_classes(source, held_out, data, None)
     known = sorted(p.name for p in (data / "train").iterdir())
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=[
-                "experiment=quickstart",
-                *QUIET,
-                "task=folder",
-                f"task.data_dir={data}",
-                f"task.classes=[{','.join(known)}]",
-                "model.image_size=64",
-                f"seed={seed}",
-                f"trainer.max_epochs={epochs}",
-                "test=false",
-                "ood.method=null",
-            ],
-        )
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(tmp / f"run_{held_out}_{seed}")
+    cfg = quickstart_cfg(
+        tmp / f"run_{held_out}_{seed}",
+        data,
+        known,
+        seed,
+        "model.image_size=64",
+        f"trainer.max_epochs={epochs}",
+        "test=false",
+        "ood.method=null",
+    )
     _, objects = train(cfg)
     model_dir = Path(objects["summary"]["model_dir"])
 

@@ -29,9 +29,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import CONF, ROOT, cpu_flags, machine_note, set_threads, table, write_results
-from hydra import compose, initialize_config_dir
-from omegaconf import open_dict
+from _common import ROOT, cpu_flags, machine_note, quickstart_cfg, set_threads, table, write_results
 
 from vitft.apps.train import train
 from vitft.data.folder import list_images
@@ -39,13 +37,6 @@ from vitft.deploy.predictor import Predictor
 from vitft.models.ood import OODScorer, auroc
 
 METHODS = ("mahalanobis", "knn", "max_softmax")
-QUIET = [
-    "logger=none",
-    "callbacks.lr_monitor=null",
-    "callbacks.progress_bar=null",
-    "+trainer.enable_model_summary=false",
-    "data.num_workers=0",
-]
 
 
 def split_classes(src: Path, held_out: str, dst: Path, limit: int | None) -> list[Path]:
@@ -87,26 +78,18 @@ def one_run(dataset: str, held_out: str, seed: int, tmp: Path, args) -> list[lis
     data = tmp / f"{dataset}_{held_out}_{seed}"
     unknown = split_classes(ROOT / "data" / dataset, held_out, data, args.limit)
     known = sorted(p.name for p in (data / "train").iterdir())
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=[
-                "experiment=quickstart",
-                *QUIET,
-                "task=folder",
-                f"task.data_dir={data}",
-                f"task.classes=[{','.join(known)}]",
-                f"seed={seed}",
-                f"trainer.max_epochs={args.epochs}",
-                "test=false",
-                # The measured table is at 64 px, the backbone's pretraining size (the
-                # quickstart itself now fine-tunes at 96): --overrides model.image_size=96.
-                *(["model.image_size=64"] if not _sets_size(args.overrides) else []),
-                *args.overrides,
-            ],
-        )
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(tmp / f"run_{dataset}_{held_out}_{seed}")
+    cfg = quickstart_cfg(
+        tmp / f"run_{dataset}_{held_out}_{seed}",
+        data,
+        known,
+        seed,
+        f"trainer.max_epochs={args.epochs}",
+        "test=false",
+        # The measured table is at 64 px, the backbone's pretraining size (the quickstart itself
+        # now fine-tunes at 96): --overrides model.image_size=96.
+        *(["model.image_size=64"] if not _sets_size(args.overrides) else []),
+        *args.overrides,
+    )
     t0 = time.perf_counter()
     _, objects = train(cfg)
     train_s = time.perf_counter() - t0
