@@ -43,3 +43,26 @@ def test_unknown_architecture_fails_clearly():
     with pytest.raises(VitftError, match="model_type='resnet'"):
         backbone_parts(model)
     assert isinstance(model(pixel_values=torch.randn(1, 3, 32, 32)).logits, torch.Tensor)
+
+
+@pytest.mark.parametrize("model", TINY)
+def test_every_backbone_takes_model_image_size(model):
+    """model.image_size: ViTs interpolate their position grid (DeiT keeps both of its leading
+    tokens); conv, hybrid and relative-position backbones only change the preprocessing."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+    from PIL import Image
+
+    from tests.conftest import CONF
+    from vitft.data.transforms import ImageTransform, processor_facts
+    from vitft.models.classifier import build_model
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=[f"model={model}", "++model.image_size=96"])
+    net, processor = build_model(OmegaConf.to_container(cfg.model), {"name": "linear"}, ["a", "b"])
+    pixels = ImageTransform(processor)(Image.new("RGB", (200, 150)))
+    assert tuple(pixels.shape) == (3, 96, 96) and processor_facts(processor)["image_size"] == [
+        96,
+        96,
+    ]
+    assert net.config.image_size == 96 and net(pixels[None]).shape == (1, 2)
