@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -128,6 +130,9 @@ def test_shipped_backbone_is_checked_by_sha256(tmp_path):
     assert model_cfg["sha256"] == sha256(Path(model_cfg["pretrained"]) / "model.safetensors")
     info = json.loads((Path(model_cfg["pretrained"]) / "pretraining.json").read_text())
     assert info["weights_sha256"] == model_cfg["sha256"]
+    # The recorded recipe must still run: every `python -m <module>` in it exists.
+    modules = re.findall(r"python -m ([\w.]+)", info["recipe"])
+    assert modules and all(importlib.util.find_spec(m) for m in modules), modules
     hf_model, processor = load_backbone(model_cfg, ["ok", "crack", "dent"])
     assert hf_model.dtype == torch.float32 and hf_model.config.num_labels == 3
 

@@ -159,8 +159,12 @@ def test_class_weights_auto(tmp_path, tiny_data):
 
     w = resolve_class_weights("auto", torch.tensor([10.0, 30.0, 60.0]))
     assert np.allclose(w, [100 / 30, 100 / 90, 100 / 180], atol=1e-5)
+    w = resolve_class_weights("sqrt", torch.tensor([10.0, 30.0, 60.0]))
+    assert np.allclose(w, np.sqrt([100 / 30, 100 / 90, 100 / 180]), atol=1e-5)
     with pytest.raises(VitftError, match="class_weights"):
         resolve_class_weights([1.0, 2.0], torch.tensor([1.0, 1.0, 1.0]))
+    with pytest.raises(VitftError, match="null, auto, sqrt"):
+        resolve_class_weights("balanced", torch.tensor([1.0, 1.0, 1.0]))
     _metrics, objects = train(
         make_cfg(tmp_path / "r", tiny_data, "debug=fdr", "loss.class_weights=auto")
     )

@@ -83,12 +83,20 @@ def label_sets(present: torch.Tensor, labels: list[str]) -> list[list[str]]:
 
 
 def pos_weights(spec: Any, positives: torch.Tensor, n_images: int) -> list[float] | None:
-    """BCE ``pos_weight``: null, ``auto`` (negatives / positives per class in train) or a list."""
+    """BCE ``pos_weight``: null, ``auto`` (negatives / positives per class in train), ``sqrt``
+    (its square root) or a list."""
     if spec is None:
         return None
-    if spec == "auto":
+    if spec in ("auto", "sqrt"):
         weights = (n_images - positives) / positives.clamp(min=1)
+        if spec == "sqrt":
+            weights = weights.sqrt()
         return [round(float(w), 6) for w in weights]
+    if isinstance(spec, str):
+        raise VitftError(
+            f"loss.class_weights={spec!r} is not an option: use null, auto, sqrt or one number "
+            "per class"
+        )
     weights = [float(w) for w in spec]
     if len(weights) != len(positives):
         raise VitftError(

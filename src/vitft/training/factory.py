@@ -84,12 +84,20 @@ def build_datamodule(
 
 
 def resolve_class_weights(spec: Any, counts: torch.Tensor) -> list[float] | None:
-    """``loss.class_weights``: null, ``auto`` (inverse class frequency) or one weight per class."""
+    """``loss.class_weights``: null, ``auto`` (inverse class frequency), ``sqrt`` (its square
+    root) or one weight per class."""
     if spec is None:
         return None
-    if spec == "auto":
+    if spec in ("auto", "sqrt"):
         weights = counts.sum() / (len(counts) * counts.clamp(min=1))
+        if spec == "sqrt":
+            weights = weights.sqrt()
         return [round(float(w), 6) for w in weights]
+    if isinstance(spec, str):
+        raise VitftError(
+            f"loss.class_weights={spec!r} is not an option: use null, auto, sqrt or one number "
+            "per class"
+        )
     weights = [float(w) for w in spec]
     if len(weights) != len(counts):
         raise VitftError(
