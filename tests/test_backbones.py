@@ -66,3 +66,21 @@ def test_every_backbone_takes_model_image_size(model):
         96,
     ]
     assert net.config.image_size == 96 and net(pixels[None]).shape == (1, 2)
+
+
+def test_mobilevit_from_config_starts_with_a_usable_signal():
+    """transformers 5 draws MobileViT's BatchNorm scales from normal(0, 0.02), which leaves the
+    pooled features of a fresh model near 1e-3 and 256-class pretraining stuck at ln(256);
+    vitft re-initialises as the reference code does (Kaiming convs, BatchNorm scales of 1)."""
+    import yaml
+
+    from tests.conftest import CONF
+    from vitft.models.classifier import build_model
+
+    cfg = yaml.safe_load((CONF / "model" / "mobilevit_tiny.yaml").read_text())
+    torch.manual_seed(0)
+    net, _ = build_model(cfg, {"name": "linear"}, [f"c{i}" for i in range(8)])
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and all(bool((m.weight == 1).all()) for m in norms)
+    net.train()
+    assert net.features(torch.randn(16, 3, 64, 64)).std() > 0.05

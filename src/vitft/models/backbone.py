@@ -134,10 +134,31 @@ def load_backbone(model_cfg: dict, labels: list[str]) -> tuple[PreTrainedModel, 
             hf_config.architectures = [_classifier_class_name(model_type)]
         check_image_size(hf_config)
         model = AutoModelForImageClassification.from_config(hf_config)
+        if model_type in KAIMING_CONV_INIT:
+            kaiming_conv_init(model)
         return model, default_image_processor(hf_config)
     raise VitftError(
         "set model.pretrained (hub id or local dir) or model.config (build from config)"
     )
+
+
+# BatchNorm conv nets whose HF init (transformers 5) draws conv weights and even BatchNorm scales
+# from normal(0, 0.02). Their reference code (apple/ml-cvnets for MobileViT) uses Kaiming convs
+# and BatchNorm scales of 1: with 0.02 every layer shrinks the signal ~50x, the pooled features of
+# a fresh MobileViT start near 1e-3, and training from random weights stalls at the uniform
+# prediction (256-class fractal pretraining never left ln(256)).
+KAIMING_CONV_INIT = ("mobilevit", "mobilevitv2")
+
+
+def kaiming_conv_init(model: torch.nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+        elif isinstance(module, torch.nn.BatchNorm2d):
+            torch.nn.init.ones_(module.weight)
+            torch.nn.init.zeros_(module.bias)
 
 
 def _check_drop_path(model_type: str, extra: dict) -> None:
