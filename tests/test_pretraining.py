@@ -119,13 +119,14 @@ def test_pretrain_rejects_non_vit_and_missing_roots(tmp_path, tiny_data):
         pretrain(cfg)
 
 
-def shipped_cfg(*overrides: str):
+def shipped_cfg(*overrides: str, model: str = "vit_fractal"):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("train", overrides=["model=vit_fractal", *overrides])
+        return compose("train", overrides=[f"model={model}", *overrides])
 
 
-def test_shipped_backbone_is_checked_by_sha256(tmp_path):
-    cfg = shipped_cfg()
+@pytest.mark.parametrize("model", ["vit_fractal", "mobilevit_fractal"])
+def test_shipped_backbone_is_checked_by_sha256(tmp_path, model):
+    cfg = shipped_cfg(model=model)
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     assert model_cfg["sha256"] == sha256(Path(model_cfg["pretrained"]) / "model.safetensors")
     info = json.loads((Path(model_cfg["pretrained"]) / "pretraining.json").read_text())
@@ -135,8 +136,15 @@ def test_shipped_backbone_is_checked_by_sha256(tmp_path):
     assert modules and all(importlib.util.find_spec(m) for m in modules), modules
     hf_model, processor = load_backbone(model_cfg, ["ok", "crack", "dent"])
     assert hf_model.dtype == torch.float32 and hf_model.config.num_labels == 3
+    # Every encoder tensor comes from the file (none randomly initialised). Saved again, the
+    # loaded encoder has the file's key names (transformers 5 renames modules in memory).
+    hf_model.base_model.save_pretrained(tmp_path / "again")
+    shipped = load_file(Path(model_cfg["pretrained"]) / "model.safetensors")
+    again = load_file(tmp_path / "again" / "model.safetensors")
+    assert set(shipped) == set(again)
+    assert all(torch.equal(shipped[k].float(), again[k].float()) for k in shipped)
 
-    damaged = tmp_path / "vit_fractal"
+    damaged = tmp_path / model
     shutil.copytree(model_cfg["pretrained"], damaged)
     weights = bytearray((damaged / "model.safetensors").read_bytes())
     weights[-1] ^= 1
