@@ -191,3 +191,25 @@ def test_heatmaps_land_on_the_defect():
     assert val_acc > 0.4  # it learned something (chance 1/3; measured 0.67)
     assert lift["rollout"] > 2.0
     assert lift["gradattn"] > 2.0
+
+
+@pytest.mark.parametrize("name", ["mobilevit_tiny", "convnext_tiny"])
+def test_conv_backbones_get_gradcam_on_their_last_feature_map(name):
+    import yaml
+
+    from tests.conftest import CONF
+    from vitft.core.errors import VitftError
+    from vitft.deploy.explain import METHODS, Explainer, methods_for, usable_methods
+    from vitft.models.classifier import build_model
+
+    cfg = yaml.safe_load((CONF / "model" / f"{name}.yaml").read_text())
+    torch.manual_seed(0)
+    model, _ = build_model(cfg, {"name": "linear"}, ["ok", "crack"])
+    assert methods_for(model) == ("gradcam",)
+    explainer = Explainer(model)
+    assert usable_methods(explainer, list(METHODS)) == ["gradcam"]
+    with pytest.raises(VitftError, match="need a ViT's attention"):
+        explainer.explain(torch.randn(2, 3, 64, 64), ["rollout"])
+    maps = explainer.explain(torch.randn(2, 3, 64, 64), ["gradcam"])["gradcam"]
+    assert maps.shape[0] == 2 and maps.dim() == 3 and maps.shape[1] >= 2
+    assert float(maps.min()) >= 0 and float(maps.max()) <= 1

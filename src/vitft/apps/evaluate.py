@@ -39,7 +39,7 @@ from vitft.data.folder import class_folders, list_images
 from vitft.data.images import load_image
 from vitft.data.sources import scan_data, source_of
 from vitft.deploy.backends import ExportedBackend
-from vitft.deploy.explain import Explainer
+from vitft.deploy.explain import Explainer, methods_for, usable_methods
 from vitft.deploy.predictor import Predictor, Results
 from vitft.run.rundir import own_run, run_samples
 from vitft.training import tracking
@@ -176,13 +176,14 @@ def _heatmaps(predictor: Predictor, paths, titles, preds, cfg) -> tuple[Any | No
     model = predictor.backend.torch_model
     if model is None:
         return None, f"none: a {predictor.backend.description} export has no PyTorch model"
-    if model.config.model_type != "vit":
-        return None, "none: explain supports ViT backbones"
+    if not methods_for(model):
+        return None, "none: explain supports ViT, MobileViT and ConvNeXt backbones"
     labels = predictor.labels
     explainer = Explainer(model.cpu(), float(cfg.discard_ratio), str(cfg.head_fusion))
     images = [load_image(p) for p in paths]
     pixels = torch.stack([predictor.transform(img) for img in images])
-    maps = explainer.explain(pixels, list(cfg.methods), torch.as_tensor(preds))
+    methods = usable_methods(explainer, cfg.methods)
+    maps = explainer.explain(pixels, methods, torch.as_tensor(preds))
     fig = plots.heatmap_figure(images, maps, titles, [labels[i] for i in preds.tolist()])
     return fig, "heatmaps.png"
 

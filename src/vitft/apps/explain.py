@@ -11,7 +11,7 @@ import torch
 from vitft.core.errors import VitftError
 from vitft.core.plots import heatmap_figure, save
 from vitft.data.images import load_image
-from vitft.deploy.explain import Explainer
+from vitft.deploy.explain import Explainer, usable_methods
 from vitft.deploy.predictor import Predictor, resolve_inputs
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ def explain(cfg: Any) -> list[Path]:
             "export. Pass model_dir=<run>/model (or ckpt_path=) instead"
         )
     explainer = Explainer(model, float(cfg.discard_ratio), str(cfg.head_fusion))
-    methods = list(cfg.methods)
+    methods = usable_methods(explainer, cfg.methods)
     target = None
     if cfg.get("target"):
         if cfg.target not in predictor.labels:

@@ -20,6 +20,10 @@ Every method gives one map per image on the patch grid ``(H / patch, W / patch)`
   attention, and the one weight per channel often scores the background instead of the defect:
   on the defect data it is well behind the other two and inverted on many images (see README).
 
+Convolutional and hybrid backbones (MobileViT, ConvNeXt) get Grad-CAM as its authors defined it: on
+the last convolutional feature map ``(C, h, w)``, channel weights are the spatial-mean gradients
+of the target logit. Attention rollout has no meaning there, so ``methods_for`` leaves it out.
+
 rollout and gradattn need the attention probabilities (gradattn also their gradients), which only
 the eager attention returns (SDPA does not), so the explainer switches its model to
 ``attn_implementation="eager"`` (same outputs, slower).
@@ -41,6 +45,17 @@ log = logging.getLogger(__name__)
 
 METHODS = ("rollout", "gradattn", "gradcam")
 HEAD_FUSIONS = ("mean", "max", "min")
+# model_type -> its last convolutional feature map (Grad-CAM's layer)
+FEATURE_MAPS = {
+    "mobilevit": lambda backbone: backbone.mobilevit.conv_1x1_exp,
+    "convnext": lambda backbone: backbone.convnext.encoder.stages[-1],
+}
+
+
+def methods_for(model: ImageClassifier) -> tuple[str, ...]:
+    """The heatmap methods that apply to ``model``'s backbone (none: no heatmaps)."""
+    kind = model.config.model_type
+    return METHODS if kind == "vit" else ("gradcam",) if kind in FEATURE_MAPS else ()
 
 
 def patch_grid(model: ImageClassifier, pixel_values: torch.Tensor) -> tuple[int, int]:
@@ -86,20 +101,27 @@ def _normalise(maps: torch.Tensor) -> torch.Tensor:
 
 
 class Explainer:
-    """Heatmaps for an ImageClassifier with a ViT backbone (the model is switched to eager)."""
+    """Heatmaps for an ImageClassifier with a ViT (switched to eager attention), MobileViT or
+    ConvNeXt backbone."""
 
     def __init__(
         self, model: ImageClassifier, discard_ratio: float = 0.9, head_fusion: str = "mean"
     ):
-        if model.config.model_type != "vit":
+        self.kind = model.config.model_type
+        self.methods = methods_for(model)
+        if not self.methods:
             raise VitftError(
-                f"explain supports ViT backbones; this model is {model.config.model_type!r}"
+                f"explain supports ViT, MobileViT and ConvNeXt backbones; this model is "
+                f"{self.kind!r}"
             )
         self.model = model.eval()
-        self.model.backbone.set_attn_implementation("eager")
         self.discard_ratio = discard_ratio
         self.head_fusion = head_fusion
-        self.block = backbone_parts(model.backbone).blocks[-1]
+        if self.kind == "vit":
+            self.model.backbone.set_attn_implementation("eager")
+            self.layer = backbone_parts(model.backbone).blocks[-1].layernorm_before
+        else:
+            self.layer = FEATURE_MAPS[self.kind](model.backbone)
 
     def rollout(self, pixel_values: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -119,7 +141,7 @@ class Explainer:
             output.retain_grad()
             store["act"] = output
 
-        handle = self.block.layernorm_before.register_forward_hook(hook)
+        handle = self.layer.register_forward_hook(hook)
         try:
             with torch.enable_grad():
                 x = pixel_values.detach().requires_grad_(True)  # grads flow even if frozen
@@ -129,10 +151,14 @@ class Explainer:
                 logits.gather(1, target.view(-1, 1)).sum().backward()
         finally:
             handle.remove()
-        act, grad = store["act"][:, 1:].detach(), store["act"].grad[:, 1:]
+        self.model.zero_grad(set_to_none=True)
+        act, grad = store["act"].detach(), store["act"].grad
+        if self.kind != "vit":  # (B, C, h, w) feature map
+            weights = grad.mean(dim=(2, 3), keepdim=True)
+            return _normalise(torch.relu((act * weights).sum(1)))
+        act, grad = act[:, 1:], grad[:, 1:]
         weights = grad.mean(dim=1, keepdim=True)
         cam = torch.relu((act * weights).sum(-1))
-        self.model.zero_grad(set_to_none=True)
         return _normalise(cam.reshape(-1, *patch_grid(self.model, pixel_values)))
 
     def gradattn(
@@ -170,6 +196,12 @@ class Explainer:
         unknown = set(methods) - set(METHODS)
         if unknown:
             raise VitftError(f"methods={sorted(unknown)} unknown; use some of {list(METHODS)}")
+        unfit = [m for m in methods if m not in self.methods]
+        if unfit:
+            raise VitftError(
+                f"methods={unfit} need a ViT's attention; a {self.kind} model has "
+                f"methods={list(self.methods)}"
+            )
         maps = {}
         for m in methods:
             if m == "rollout":
@@ -177,6 +209,21 @@ class Explainer:
             else:
                 maps[m] = getattr(self, m)(pixel_values, target)
         return maps
+
+
+def usable_methods(explainer: Explainer, requested) -> list[str]:
+    """``requested`` less the methods ``explainer``'s backbone has none of (the default list asks
+    for all three; a MobileViT only has Grad-CAM), said in the log; an error if none is left."""
+    methods = [m for m in requested if m in explainer.methods]
+    dropped = [m for m in requested if m not in explainer.methods]
+    if dropped:
+        log.info("explain: %s has no %s; showing %s", explainer.kind, dropped, methods)
+    if not methods:
+        raise VitftError(
+            f"methods={list(requested)}: none applies to a {explainer.kind} model; use "
+            f"methods={list(explainer.methods)}"
+        )
+    return methods
 
 
 def mask_mass(heatmap: torch.Tensor | np.ndarray, mask: np.ndarray) -> tuple[float, float]:

@@ -1,7 +1,7 @@
 """``vitft serve``: a REST service (FastAPI + uvicorn) over any Predictor backend.
 
 POST /predict    one or many images (multipart files, JSON base64, or a raw image body)
-POST /explain    one image -> label + heatmap PNG (PyTorch ViT models)
+POST /explain    one image -> label + heatmap PNG (PyTorch ViT, MobileViT, ConvNeXt)
 GET  /health     the process is up;   GET /ready   the model is loaded and warmed up
 GET  /metadata   classes, thresholds, model sha256, format, vitft version, limits
 GET  /           a small page: drop an image, see label, confidence and heatmap
@@ -33,7 +33,7 @@ from vitft.core.errors import VitftError
 from vitft.core.plots import overlay
 from vitft.data.images import load_image
 from vitft.deploy.batching import ConcurrencyLimit, MicroBatcher
-from vitft.deploy.explain import Explainer
+from vitft.deploy.explain import Explainer, methods_for
 from vitft.deploy.metadata import METADATA_FILE, read_metadata, sha256
 from vitft.deploy.predictor import UNCERTAIN, UNKNOWN, Predictor
 from vitft.modelio.hf import load_model
@@ -204,9 +204,9 @@ def model_facts(model_dir: Path, predictor: Predictor) -> dict:
 
 
 def has_heatmap(predictor: Predictor) -> bool:
-    """Heatmaps (gradattn) need the PyTorch model of a ViT."""
+    """Heatmaps need the PyTorch model of a backbone that explain supports."""
     model = predictor.backend.torch_model
-    return model is not None and model.config.model_type == "vit"
+    return model is not None and bool(methods_for(model))
 
 
 def _heatmap_explainer(model_dir: Path) -> Any:
@@ -289,7 +289,11 @@ def create_app(model_dir: str | Path, predictor: Predictor, settings: ServeSetti
     @app.post("/explain")
     async def explain(request: Request) -> JSONResponse:
         if not heatmap:
-            raise BadInput(404, f"heatmaps need a PyTorch ViT model dir; this is {facts['format']}")
+            raise BadInput(
+                404,
+                "heatmaps need a PyTorch ViT, MobileViT or ConvNeXt model dir; this is "
+                f"{facts['format']}",
+            )
         name, image = (await images_of(request))[0]
         async with explain_lock:  # one gradient pass at a time, off the event loop
             if state["explainer"] is None:
@@ -325,7 +329,8 @@ def create_app(model_dir: str | Path, predictor: Predictor, settings: ServeSetti
 
 def _heatmap_png(explainer: Any, predictor: Predictor, image: Image.Image) -> str:
     pixels = predictor.transform(image)[None]
-    heat = explainer.explain(pixels, ["gradattn"])["gradattn"][0]
+    method = "gradattn" if "gradattn" in explainer.methods else "gradcam"
+    heat = explainer.explain(pixels, [method])[method][0]
     buf = io.BytesIO()
     shown = image.copy()
     shown.thumbnail((384, 384))
