@@ -84,3 +84,19 @@ def test_mobilevit_from_config_starts_with_a_usable_signal():
     assert norms and all(bool((m.weight == 1).all()) for m in norms)
     net.train()
     assert net.features(torch.randn(16, 3, 64, 64)).std() > 0.05
+
+
+def test_a_pretrained_backbone_trains_in_train_mode():
+    """from_pretrained returns eval mode and Lightning keeps each module's mode at fit start:
+    dropout, stochastic depth and BatchNorm statistics would be off for every pretrained model."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from tests.conftest import CONF
+    from vitft.models.classifier import build_model
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=["model=mobilevit_fractal"])
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    net, _ = build_model(model_cfg, {"name": "linear"}, ["a", "b"])
+    assert all(m.training for m in net.modules())

@@ -62,7 +62,10 @@ def build_model(model_cfg: dict, head_cfg: dict, labels: list[str]) -> tuple[Ima
         # Recompute each block's activations in backward instead of keeping them (less memory,
         # one extra forward). No effect on frozen blocks, which keep no activations anyway.
         hf_model.activation_checkpointing_enable()
-    model = ImageClassifier.from_hf(hf_model, head_cfg)
+    # from_pretrained returns the model in eval mode, and Lightning keeps each module's mode as
+    # it finds it at fit start: a pretrained backbone would train with dropout, stochastic depth
+    # and BatchNorm batch statistics all off. Training builds the model, so it starts in train mode.
+    model = ImageClassifier.from_hf(hf_model, head_cfg).train()
     if model_cfg.get("image_size"):
         # Train at another resolution: position embeddings interpolated to the new grid.
         set_image_size(model, processor, int(model_cfg["image_size"]))
