@@ -112,9 +112,17 @@ def compose(output_dir: Path, data_dir: Path, *overrides: str):
     return cfg
 
 
-def quickstart_cfg(output_dir: Path, data_dir: Path, classes: list[str], seed: int, *overrides):
-    """``experiment=quickstart`` on a class-folder dataset, quiet, writing into ``output_dir``
-    (the recipe the pretraining, unknown-defect, active-learning and add-class runs share)."""
+def quickstart_cfg(
+    output_dir: Path,
+    data_dir: Path,
+    classes: list[str],
+    seed: int,
+    *overrides: str,
+    experiment: str = "quickstart",
+):
+    """``experiment=quickstart`` (or another ``experiment``) on a class-folder dataset, quiet,
+    writing into ``output_dir`` (the recipe the pretraining, unknown-defect, active-learning,
+    add-class and small-data runs share)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from omegaconf import open_dict
@@ -125,7 +133,7 @@ def quickstart_cfg(output_dir: Path, data_dir: Path, classes: list[str], seed: i
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = hydra_compose(
             "train",
-            overrides=["experiment=quickstart", *quiet, *task, f"seed={seed}", *overrides],
+            overrides=[f"experiment={experiment}", *quiet, *task, f"seed={seed}", *overrides],
         )
     with open_dict(cfg):
         cfg.paths.output_dir = str(output_dir)

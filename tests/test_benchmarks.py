@@ -22,6 +22,7 @@ SCRIPTS = [
     "unknown_defect",
     "active_learning",
     "add_class",
+    "small_data",
 ]
 
 

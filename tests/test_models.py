@@ -64,7 +64,8 @@ def test_unreachable_hub_fails_early_with_the_fixes(monkeypatch):
         load_backbone({"pretrained": "google/vit-base-patch16-224"}, ["a", "b"])
     msg = str(err.value)
     assert "HF_HUB_OFFLINE" in msg and "model.pretrained=/path" in msg
-    assert "model=vit_fractal" in msg  # the shipped offline backbone, never random weights
+    # the shipped offline backbones, never random weights
+    assert "model=vit_fractal" in msg and "model=mobilevit_fractal" in msg
 
 
 def test_local_dir_without_config_is_rejected(tmp_path):

@@ -46,8 +46,9 @@ def _offline_error(source: str, err: Exception) -> VitftError:
         f"{'is disabled (HF_HUB_OFFLINE=1)' if offline else 'could not be reached'} with no cached "
         "copy. Fixes: run once with network access to fill the HF cache (then HF_HUB_OFFLINE=1 "
         "works), or point model.pretrained=/path/to/local/hf_dir at a mirrored copy, or use "
-        "model=vit_fractal, vitft's shipped offline backbone (pretrained on formula-driven "
-        f"images, no download). ({type(err).__name__}: "
+        "vitft's shipped offline backbones (pretrained on formula-driven images, no download): "
+        "experiment=small_data (model=mobilevit_fractal) for a few hundred to a few thousand "
+        f"real images, or model=vit_fractal. ({type(err).__name__}: "
         f"{str(err).splitlines()[0] if str(err) else ''})"
     )
 
