@@ -43,7 +43,10 @@ def main() -> None:
         shutil.rmtree(out)
     info = {
         "name": args.name,
-        "method": "supervised classification of formula-driven images (vitft.training.pretraining.formula)",
+        "method": (
+            "supervised classification of formula-driven images "
+            "(vitft.training.pretraining.formula)"
+        ),
         "recipe": args.recipe,
         "pretraining_classes": len(summary["classes"]),
         "epochs": last["epoch"] + 1,
