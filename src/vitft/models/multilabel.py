@@ -82,15 +82,14 @@ def label_sets(present: torch.Tensor, labels: list[str]) -> list[list[str]]:
     return [[labels[j] for j in row.nonzero().flatten().tolist()] for row in present]
 
 
-def pos_weights(spec: Any, positives: torch.Tensor, n_images: int) -> list[float] | None:
-    """BCE ``pos_weight``: null, ``auto`` (negatives / positives per class in train), ``sqrt``
-    (its square root) or a list."""
+def loss_weights(spec: Any, balanced: torch.Tensor) -> list[float] | None:
+    """``loss.class_weights`` as one weight per class: null, ``auto`` (the ``balanced`` weights
+    of the loss: inverse class frequency, or negatives / positives for BCE), ``sqrt`` (their
+    square root) or a list."""
     if spec is None:
         return None
     if spec in ("auto", "sqrt"):
-        weights = (n_images - positives) / positives.clamp(min=1)
-        if spec == "sqrt":
-            weights = weights.sqrt()
+        weights = balanced.sqrt() if spec == "sqrt" else balanced
         return [round(float(w), 6) for w in weights]
     if isinstance(spec, str):
         raise VitftError(
@@ -98,12 +97,16 @@ def pos_weights(spec: Any, positives: torch.Tensor, n_images: int) -> list[float
             "per class"
         )
     weights = [float(w) for w in spec]
-    if len(weights) != len(positives):
+    if len(weights) != len(balanced):
         raise VitftError(
-            f"loss.class_weights has {len(weights)} values but the data has "
-            f"{len(positives)} classes"
+            f"loss.class_weights has {len(weights)} values but the data has {len(balanced)} classes"
         )
     return weights
+
+
+def pos_weights(spec: Any, positives: torch.Tensor, n_images: int) -> list[float] | None:
+    """BCE ``pos_weight`` (``loss_weights``; auto: negatives / positives per class in train)."""
+    return loss_weights(spec, (n_images - positives) / positives.clamp(min=1))
 
 
 def compute_metrics(

@@ -24,7 +24,7 @@ from vitft.data.folder import SPLITS, DatasetSplits
 from vitft.data.sources import scan_data
 from vitft.modelio.checkpoint import read_checkpoint
 from vitft.models.classifier import ImageClassifier
-from vitft.models.multilabel import PROBLEM_TYPE, filled, pos_weights
+from vitft.models.multilabel import PROBLEM_TYPE, filled, loss_weights, pos_weights
 from vitft.training import checkpoints
 from vitft.training.batch_size import AUTO, initial_batch_size
 from vitft.training.cache import FeatureDataModule, build_cache, use_cache
@@ -84,26 +84,9 @@ def build_datamodule(
 
 
 def resolve_class_weights(spec: Any, counts: torch.Tensor) -> list[float] | None:
-    """``loss.class_weights``: null, ``auto`` (inverse class frequency), ``sqrt`` (its square
-    root) or one weight per class."""
-    if spec is None:
-        return None
-    if spec in ("auto", "sqrt"):
-        weights = counts.sum() / (len(counts) * counts.clamp(min=1))
-        if spec == "sqrt":
-            weights = weights.sqrt()
-        return [round(float(w), 6) for w in weights]
-    if isinstance(spec, str):
-        raise VitftError(
-            f"loss.class_weights={spec!r} is not an option: use null, auto, sqrt or one number "
-            "per class"
-        )
-    weights = [float(w) for w in spec]
-    if len(weights) != len(counts):
-        raise VitftError(
-            f"loss.class_weights has {len(weights)} values but the data has {len(counts)} classes"
-        )
-    return weights
+    """``loss.class_weights`` for cross-entropy (``loss_weights``; auto: inverse class
+    frequency)."""
+    return loss_weights(spec, counts.sum() / (len(counts) * counts.clamp(min=1)))
 
 
 def check_multilabel(cfg: DictConfig, model: ImageClassifier, splits: DatasetSplits) -> None:
