@@ -53,8 +53,11 @@ def noise_dir(tmp_path_factory):
 
 
 def _features(model_dir, paths):
+    """Features over the stored scorer's views, as the scorer scores them."""
     model, processor = load_model(model_dir)
-    feats, _, bad = feature_predictor(model, processor).features_files(paths, progress=False)
+    views = load_ood(model_dir).views
+    predictor = feature_predictor(model, processor)
+    feats, _, bad = predictor.features_files(paths, progress=False, views=views)
     assert not bad
     return feats
 

@@ -25,6 +25,7 @@ from vitft.deploy.ood import fit_scorer
 from vitft.modelio.checkpoint import check_labels
 from vitft.modelio.ood import save_ood
 from vitft.models.classifier import build_model
+from vitft.models.ood import views_for
 from vitft.run.rundir import Run
 from vitft.training import checkpoints, tracking
 from vitft.training.batch_size import AUTO, auto_batch_size
@@ -162,6 +163,7 @@ def _fit_ood(cfg: DictConfig, model, processor, splits, batch_size, model_dir: P
         acceptance=float(ood.get("acceptance", 0.95)),
         k=int(ood.get("k", 5)),
         batch_size=batch_size if isinstance(batch_size, int) else 64,
+        views=views_for(str(ood.get("views", "auto")), cfg.data.get("augment")),
     )
     save_ood(scorer, model_dir)
 

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from vitft.deploy.runtime import load_exported
+from vitft.models.ood import OODScorer, ScoredClassifier, view_features
 
 
 def pick_device(device: str | None) -> torch.device:
@@ -60,10 +61,18 @@ class TorchBackend(Backend):
         return self.model
 
     @torch.inference_mode()
-    def features_and_logits(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pooled backbone features and logits of one forward pass (the OOD score needs both)."""
-        feats = self.model.features(pixel_values.to(self.device))
-        return feats.float().cpu(), self.model.head(feats).float().cpu()
+    def features(self, pixel_values: torch.Tensor, views: str = "none") -> torch.Tensor:
+        """``(N, V, D)`` pooled backbone features of each image's OOD ``views``."""
+        return view_features(self.model, pixel_values.to(self.device), views).float().cpu()
+
+    @torch.inference_mode()
+    def scored(
+        self, pixel_values: torch.Tensor, scorer: OODScorer
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and OOD scores of one pass (``ScoredClassifier``, what exports run too)."""
+        scorer = scorer.to(self.device)
+        logits, scores = ScoredClassifier(self.model, scorer)(pixel_values.to(self.device))
+        return logits.float().cpu(), scores.float().cpu()
 
 
 class ExportedBackend(Backend):

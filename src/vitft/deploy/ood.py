@@ -28,10 +28,11 @@ def feature_predictor(model: Any, processor: Any, batch_size: int = 64) -> Predi
 
 
 def labelled_features(
-    predictor: Predictor, samples: Sequence[tuple[Path, int]]
+    predictor: Predictor, samples: Sequence[tuple[Path, int]], views: str = "none"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Features of readable ``samples`` ``(path, label)`` and their labels."""
-    feats, names, _ = predictor.features_files([p for p, _ in samples], progress=False)
+    """``(N, V, D)`` features of the ``views`` of readable ``samples`` ``(path, label)``, and
+    their labels."""
+    feats, names, _ = predictor.features_files([p for p, _ in samples], progress=False, views=views)
     label_of = {str(p): int(y) for p, y in samples}
     return feats, torch.tensor([label_of[n] for n in names], dtype=torch.long)
 
@@ -45,20 +46,22 @@ def fit_scorer(
     acceptance: float = 0.95,
     k: int = 5,
     batch_size: int = 64,
+    views: str = "none",
 ) -> OODScorer:
-    """Fit ``method`` on ``train``'s features; threshold on ``val`` (on train when val is empty,
-    which accepts too much: a warning says so)."""
+    """Fit ``method`` on ``train``'s features over ``views``; threshold on ``val`` (on train when
+    val is empty, which accepts too much: a warning says so)."""
     predictor = feature_predictor(model, processor, batch_size)
-    feats, labels = labelled_features(predictor, train)
-    scorer = OODScorer.fit(method, feats, labels, k=k)
-    held_out, _ = labelled_features(predictor, val) if val else (feats[:0], None)
+    feats, labels = labelled_features(predictor, train, views)
+    scorer = OODScorer.fit(method, feats, labels, k=k, views=views)
+    held_out, _ = labelled_features(predictor, val, views) if val else (feats[:0], None)
     if not len(held_out):
         log.warning("ood: no val images; threshold set on the training images (optimistic)")
         held_out = feats
     scorer.calibrate(held_out, acceptance)
     log.info(
-        "ood: %s on %d train images, threshold %.4g accepts %.1f%% of %d val images",
+        "ood: %s over %s views on %d train images, threshold %.4g accepts %.1f%% of %d val images",
         method,
+        views,
         len(feats),
         scorer.threshold,
         100 * scorer.info["calibration_accepted"],

@@ -159,7 +159,7 @@ class Predictor:
         ood: OODScorer | None = None,
     ):
         self.backend = backend
-        if ood is not None and not hasattr(backend, "features_and_logits"):
+        if ood is not None and not hasattr(backend, "scored"):
             raise VitftError(
                 f"the OOD score needs backbone features, which a {backend.description} export "
                 "does not output: predict with the PyTorch model dir (<run>/model)"
@@ -229,8 +229,7 @@ class Predictor:
         are for the class decision), from the same forward pass as its logits."""
         if self.ood is None:
             return self.probabilities(pixel_values), None
-        feats, logits = self.backend.features_and_logits(pixel_values.contiguous())
-        scores = self.ood.score(feats)
+        logits, scores = self.backend.scored(pixel_values.contiguous(), self.ood)
         if self.tta:
             return self.probabilities(pixel_values), scores
         norm = torch.sigmoid if self.multilabel else lambda x: x.softmax(-1)
@@ -246,14 +245,16 @@ class Predictor:
         n = len(self.labels)
         return packed[:, :n], (packed[:, n] if packed.shape[1] > n else None)
 
-    def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Pooled backbone features ``(N, D)`` (PyTorch backend)."""
-        if not hasattr(self.backend, "features_and_logits"):
+    def features(self, pixel_values: torch.Tensor, views: str | None = None) -> torch.Tensor:
+        """Pooled backbone features ``(N, D)`` (PyTorch backend); with ``views``, ``(N, V, D)``
+        over those OOD views (``vitft.models.ood.image_views``)."""
+        if not hasattr(self.backend, "features"):
             raise VitftError(
                 f"backbone features need the PyTorch model; a {self.backend.description} export "
                 "has none: pass model_dir=<run>/model"
             )
-        return self.backend.features_and_logits(pixel_values.contiguous())[0]
+        feats = self.backend.features(pixel_values.contiguous(), views or "none")
+        return feats if views else feats[:, 0]
 
     def _decide(self, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         conf, idx = probs.max(-1)
@@ -344,19 +345,23 @@ class Predictor:
         return results
 
     def features_files(
-        self, inputs: str | Path | Iterable[str | Path], progress: bool | None = None
+        self,
+        inputs: str | Path | Iterable[str | Path],
+        progress: bool | None = None,
+        views: str | None = None,
     ) -> tuple[torch.Tensor, list[str], list[BadFile]]:
-        """Backbone features ``(N, D)`` of every readable image under ``inputs`` (no TTA), the
-        paths they belong to, and the bad files."""
+        """Backbone features ``(N, D)`` (with ``views``: ``(N, V, D)``) of every readable image
+        under ``inputs`` (no TTA), the paths they belong to, and the bad files."""
         paths, bad = resolve_inputs(inputs)
         results = Results(bad_files=bad)
         feats: list[torch.Tensor] = []
         names: list[str] = []
         for good, pixels, _ in self._batches(paths, results, progress, "features"):
-            feats.append(self.features(pixels))
+            feats.append(self.features(pixels, views))
             names += [str(p) for p in good]
-        dim = feats[0].shape[1] if feats else 0
-        return (torch.cat(feats) if feats else torch.zeros(0, dim)), names, results.bad_files
+        if not feats:
+            return torch.zeros(0, 0), names, results.bad_files
+        return torch.cat(feats), names, results.bad_files
 
     def _batches(self, paths: list[Path], results: Results, progress: bool | None, desc: str):
         """(paths, pixels, per-image decode ms) per batch of readable files; the unreadable ones

@@ -23,6 +23,7 @@ def save_ood(scorer: OODScorer, model_dir: str | Path) -> Path:
     doc = {
         "method": scorer.method,
         "k": scorer.k,
+        "views": scorer.views,
         "threshold": scorer.threshold,
         "acceptance": scorer.acceptance,
         **scorer.info,
@@ -43,11 +44,19 @@ def load_ood(model_dir: str | Path) -> OODScorer:
             f"{OOD_JSON} to predict without the unknown flag"
         )
     doc = json.loads((model_dir / OOD_JSON).read_text())
-    facts = {k: v for k, v in doc.items() if k not in ("method", "k", "threshold", "acceptance")}
+    if "views" not in doc:
+        # Scorers from before L2-normalised, view-averaged features score other numbers.
+        raise VitftError(
+            f"{model_dir / OOD_JSON} was fitted by an older vitft: refit it with "
+            f"add_class.py, retrain, or delete {OOD_JSON} to predict without the unknown flag"
+        )
+    keys = ("method", "k", "views", "threshold", "acceptance")
+    facts = {k: v for k, v in doc.items() if k not in keys}
     return OODScorer(
         method=doc["method"],
         tensors=load_file(str(model_dir / OOD_TENSORS)),
         k=int(doc.get("k", 5)),
+        views=doc["views"],
         threshold=float(doc["threshold"]),
         acceptance=doc.get("acceptance"),
         info=facts,

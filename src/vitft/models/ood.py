@@ -1,28 +1,69 @@
 """Out-of-distribution (unknown-defect) scorers on pooled backbone features.
 
 A scorer is fitted on the training set's features (``ImageClassifier.features``) and maps any
-feature batch to one score per image: higher means less like anything seen in training. The
-threshold is the ``acceptance`` quantile of the scores of held-out in-distribution images (val),
-so that fraction of normal traffic is accepted and the rest is flagged ``unknown``.
+image to one score: higher means less like anything seen in training. The threshold is the
+``acceptance`` quantile of the scores of held-out in-distribution images (val), so that fraction
+of normal traffic is accepted and the rest is flagged ``unknown``.
 
 - ``mahalanobis``: distance to the nearest class mean under one shared covariance (Lee et al.,
   2018), shrunk towards a scaled identity (Ledoit-Wolf) because small datasets have fewer images
-  than feature dimensions and the plain covariance is singular.
+  than feature dimensions and the plain covariance is singular. Features are L2-normalised first
+  (Mueller & Hein, 2025: feature norms vary with image contrast, not with novelty).
 - ``knn``: cosine distance to the k-th nearest training feature (Sun et al., 2022); no
   distribution assumption, costs a feature bank of the training set.
 
-Plain tensors in and out: the model dir stores them (``vitft.modelio.ood``), no pickle.
+``views``: the score of an image is taken over symmetric copies of it (``flip``: mirror;
+``d4``: the 4 rotations and their mirrors), the transformations the model was trained to ignore.
+Averaging the features over them removes what the augmentation made meaningless (a crack's
+direction) and keeps what is new. Each view costs one backbone pass.
+
+Plain torch: ``OODScorer`` is an ``nn.Module`` whose tensors are buffers, and
+``ScoredClassifier`` (pixels -> logits, score) exports to ONNX/OpenVINO/TFLite with the score as
+a second output. The model dir stores the tensors as safetensors (``vitft.modelio.ood``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
+from torch import nn
 
 from vitft.core.errors import VitftError
 
 METHODS = ("mahalanobis", "knn")
+VIEWS = {"none": 1, "flip": 2, "d4": 8}
+# The views an augmentation preset trains the model to be invariant to (ood.views=auto).
+PRESET_VIEWS = {"none": "none", "light": "flip", "industrial": "d4", "formula": "flip"}
+
+
+def views_for(views: str, augment: str | None) -> str:
+    """Resolve ``ood.views`` (``auto``: from the training augmentation preset)."""
+    if views == "auto":
+        return PRESET_VIEWS.get(augment or "none", "none")
+    if views not in VIEWS:
+        raise VitftError(f"ood.views={views!r} is unknown; use auto or one of {list(VIEWS)}")
+    return views
+
+
+def image_views(pixels: torch.Tensor, views: str) -> torch.Tensor:
+    """``(V * N, C, H, W)``: the ``views`` copies of ``pixels``, view-major (view 0: as given).
+
+    Rotations by 90 degrees change a non-square image's shape, so ``d4`` takes square images;
+    flips are ``torch.flip`` and rotations transposes, which every export format has.
+    """
+    if views == "none":
+        return pixels
+    out = [pixels, pixels.flip(3)]
+    if views == "d4":
+        if pixels.shape[2] != pixels.shape[3]:
+            raise VitftError(
+                f"ood.views=d4 needs square images, got {tuple(pixels.shape[2:])}: "
+                "set ood.views=flip"
+            )
+        r = pixels
+        for _ in range(3):
+            r = r.transpose(2, 3).flip(3)  # rot90
+            out += [r, r.flip(3)]
+    return torch.cat(out)
 
 
 def ledoit_wolf(centered: torch.Tensor) -> tuple[torch.Tensor, float]:
@@ -42,55 +83,89 @@ def ledoit_wolf(centered: torch.Tensor) -> tuple[torch.Tensor, float]:
     return (1 - shrink) * cov + shrink * target + ridge, shrink
 
 
-@dataclass
-class OODScorer:
-    method: str
-    tensors: dict[str, torch.Tensor]
-    k: int = 5
-    threshold: float = float("inf")
-    acceptance: float | None = None
-    info: dict = field(default_factory=dict)
+class OODScorer(nn.Module):
+    """Scores ``(N, V, D)`` features (V views of each image) -> ``(N,)``; higher: more novel."""
+
+    def __init__(
+        self,
+        method: str,
+        tensors: dict[str, torch.Tensor],
+        k: int = 5,
+        views: str = "none",
+        threshold: float = float("inf"),
+        acceptance: float | None = None,
+        info: dict | None = None,
+    ):
+        super().__init__()
+        if method not in METHODS:
+            raise VitftError(f"ood.method={method!r} is unknown; use one of {list(METHODS)}")
+        self.method, self.k, self.views = method, int(k), views_for(views, None)
+        for name, t in tensors.items():
+            self.register_buffer(name, t.float())
+        self.threshold, self.acceptance = float(threshold), acceptance
+        self.info = dict(info or {})
+
+    @property
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return dict(self.named_buffers())
+
+    @property
+    def n_views(self) -> int:
+        return VIEWS[self.views]
 
     @classmethod
     def fit(
-        cls, method: str, features: torch.Tensor, labels: torch.Tensor, k: int = 5
+        cls,
+        method: str,
+        features: torch.Tensor,
+        labels: torch.Tensor,
+        k: int = 5,
+        views: str = "none",
     ) -> OODScorer:
-        """Fit ``method`` on training ``features`` ``(n, d)`` with class ``labels`` ``(n,)``."""
+        """Fit ``method`` on training ``features`` ``(n, D)`` or ``(n, V, D)`` (V views per image,
+        as ``views`` makes them) with class ``labels`` ``(n,)``."""
         if method not in METHODS:
             raise VitftError(f"ood.method={method!r} is unknown; use one of {list(METHODS)}")
         feats = features.detach().double().cpu()
+        if feats.dim() == 2:
+            feats = feats[:, None]
         if len(feats) < 2:
             raise VitftError(f"ood: {len(feats)} training image(s); the scorer needs at least 2")
-        info = {"train_images": len(feats), "feature_dim": int(feats.shape[1])}
+        info = {"train_images": len(feats), "feature_dim": int(feats.shape[-1])}
+        pooled = _pool(feats)
         if method == "knn":
             if k < 1:
                 raise VitftError(f"ood.k={k} must be >= 1")
-            bank = torch.nn.functional.normalize(feats, dim=1).float()
-            return cls(method, {"bank": bank}, k=min(int(k), len(bank)), info=info)
+            bank = nn.functional.normalize(pooled, dim=1)
+            return cls(method, {"bank": bank}, k=min(int(k), len(bank)), views=views, info=info)
         labels = labels.long().cpu()
         classes = torch.unique(labels)
-        means = torch.zeros(int(labels.max()) + 1, feats.shape[1], dtype=feats.dtype)
+        means = torch.zeros(int(labels.max()) + 1, pooled.shape[1], dtype=pooled.dtype)
         for c in classes.tolist():
-            means[c] = feats[labels == c].mean(0)
-        cov, shrink = ledoit_wolf(feats - means[labels])
+            means[c] = pooled[labels == c].mean(0)
+        cov, shrink = ledoit_wolf(pooled - means[labels])
         precision = torch.linalg.inv(cov)
         present = torch.zeros(len(means), dtype=torch.bool)
         present[classes] = True
         info["shrinkage"] = round(shrink, 6)
-        tensors = {"means": means[present].float(), "precision": precision.float()}
-        return cls(method, tensors, k=int(k), info=info)
+        tensors = {"means": means[present], "precision": precision}
+        return cls(method, tensors, k=int(k), views=views, info=info)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """One score per image of ``features`` ``(N, V, D)`` (or ``(N, D)``: one view)."""
+        if features.dim() == 2:
+            features = features[:, None]
+        x = _pool(features.float())
+        if self.method == "knn":
+            sims = nn.functional.normalize(x, dim=1) @ self.bank.T
+            return 1.0 - sims.topk(self.k, dim=1).values[:, -1]
+        diff = x[:, None, :] - self.means[None]  # (n, classes, d)
+        dist = ((diff @ self.precision) * diff).sum(-1)
+        return dist.min(1).values
 
     def score(self, features: torch.Tensor) -> torch.Tensor:
-        """One score per row of ``features``; higher: less like the training data."""
-        x = features.detach().float().cpu()
-        if self.method == "knn":
-            sims = torch.nn.functional.normalize(x, dim=1) @ self.tensors["bank"].T
-            kth = sims.topk(self.k, dim=1).values[:, -1]
-            return 1.0 - kth
-        means, precision = self.tensors["means"], self.tensors["precision"]
-        diff = x[:, None, :] - means[None]  # (n, classes, d)
-        dist = torch.einsum("ncd,de,nce->nc", diff, precision, diff)
-        return dist.min(1).values
+        with torch.inference_mode():
+            return self(features.detach().float().cpu())
 
     def calibrate(self, features: torch.Tensor, acceptance: float) -> OODScorer:
         """Threshold = the ``acceptance`` quantile of in-distribution ``features``' scores."""
@@ -107,6 +182,32 @@ class OODScorer:
 
     def unknown(self, scores: torch.Tensor) -> torch.Tensor:
         return scores > self.threshold
+
+
+def _pool(features: torch.Tensor) -> torch.Tensor:
+    """``(N, V, D)`` -> ``(N, D)``: averaged over the views, then L2-normalised."""
+    return nn.functional.normalize(features.mean(1), dim=-1)
+
+
+def view_features(model: nn.Module, pixel_values: torch.Tensor, views: str) -> torch.Tensor:
+    """``(N, V, D)``: ``model.features`` of each image's ``views`` (view 0: the image as given)."""
+    n = pixel_values.shape[0]
+    feats = model.features(image_views(pixel_values, views))
+    return feats.reshape(VIEWS[views], n, -1).transpose(0, 1)
+
+
+class ScoredClassifier(nn.Module):
+    """``pixel_values -> (logits, ood_score)``: the classifier's logits of the image as given and
+    its OOD score over the scorer's views, in one graph (what exports with a scorer run)."""
+
+    def __init__(self, model: nn.Module, scorer: OODScorer):
+        super().__init__()
+        self.model, self.scorer = model, scorer
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feats = view_features(self.model, pixel_values, self.scorer.views)
+        logits = self.model.head(feats[:, 0])
+        return logits, self.scorer(feats)
 
 
 def auroc(in_scores: torch.Tensor, out_scores: torch.Tensor) -> float:
