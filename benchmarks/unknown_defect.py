@@ -1,20 +1,21 @@
 """Unknown defects: does the OOD score flag a class the model never saw?
 
 For each dataset (data/defect, data/pest) and each of its classes in turn, that class is held out
-entirely: the model (``experiment=quickstart``: the shipped ``model=vit_fractal`` fine-tuned
-whole) is trained on the other classes only, and every image of the held-out class (all splits) is
-an unknown. Three scores, each with its threshold set on the known classes' val images for 95%
-acceptance:
+entirely: the model (``experiment=small_data``, the recommended recipe: the shipped
+``model=mobilevit_fractal`` fine-tuned whole) is trained on the other classes only, and every image
+of the held-out class (all splits) is an unknown. Three scores, each with its threshold set on the
+known classes' val images for 95% acceptance:
 
-  mahalanobis  class means + shared shrunk covariance on backbone features (the default)
-  knn          cosine distance to the k-th nearest training feature
-  max_softmax  1 - the top softmax probability (the baseline: no features)
+  mahalanobis  the scorer train() stores in model/ (the default; ood.views=auto), read back
+               through Predictor like predict.py does
+  knn          cosine distance to the k-th nearest training image, on the same features and views
+  max_softmax  1 - the top softmax probability of the image as given (the usual baseline)
 
 Scored on the known classes' test images against the unknowns: AUROC, the false-accept rate of
 unknowns at the threshold, and the known test images' acceptance.
 
     python benchmarks/unknown_defect.py [--datasets defect pest] [--seeds 0 1 2] [--quick]
-        [--classes crack aphids] [--overrides model.image_size=96]
+        [--classes crack aphids] [--experiment quickstart] [--overrides ood.views=none]
 
 Writes benchmarks/results/unknown_defect.csv (per run) and prints medians per method; ends with
 ``RESULT unknown_defect <mean AUROC of mahalanobis>``.
@@ -56,12 +57,19 @@ def split_classes(src: Path, held_out: str, dst: Path, limit: int | None) -> lis
     return unknown
 
 
-def features_logits(predictor: Predictor, paths: list[Path]) -> tuple[torch.Tensor, torch.Tensor]:
-    feats, _, bad = predictor.features_files(paths, progress=False)
+def scored(predictor: Predictor, paths: list[Path]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The stored scorer's OOD scores and the class probabilities, as predict.py gets them."""
+    results = predictor.predict_files(paths, progress=False)
+    assert not results.bad_files, results.bad_files
+    preds = results.predictions
+    probs = torch.tensor([[p.probs[c] for c in predictor.labels] for p in preds])
+    return torch.tensor([p.ood_score for p in preds]), probs
+
+
+def ood_features(predictor: Predictor, paths: list[Path]) -> torch.Tensor:
+    feats, _, bad = predictor.features_files(paths, progress=False, views=predictor.ood.views)
     assert not bad, bad
-    with torch.inference_mode():
-        logits = predictor.backend.torch_model.head(feats)
-    return feats, logits.float()
+    return feats
 
 
 def class_images(root: Path, split: str) -> tuple[list[Path], list[int]]:
@@ -85,47 +93,59 @@ def one_run(dataset: str, held_out: str, seed: int, tmp: Path, args) -> list[lis
         seed,
         f"trainer.max_epochs={args.epochs}",
         "test=false",
-        # The measured table is at 64 px, the backbone's pretraining size (the quickstart itself
-        # now fine-tunes at 96): --overrides model.image_size=96.
-        *(["model.image_size=64"] if not _sets_size(args.overrides) else []),
+        f"ood.acceptance={args.acceptance}",
         *args.overrides,
+        experiment=args.experiment,
     )
     t0 = time.perf_counter()
     _, objects = train(cfg)
     train_s = time.perf_counter() - t0
     model_dir = objects["summary"]["model_dir"]
-    predictor = Predictor.from_path(model_dir, ood=False, batch_size=64)
+    predictor = Predictor.from_path(model_dir, batch_size=64)
+    stored = predictor.ood
+    assert stored is not None and stored.method == "mahalanobis", "train() stores the scorer"
 
     tr_paths, tr_labels = class_images(data, "train")
     va_paths, _ = class_images(data, "val")
     te_paths, te_labels = class_images(data, "test")
-    tr_f, _ = features_logits(predictor, tr_paths)
-    va_f, va_l = features_logits(predictor, va_paths)
-    te_f, te_l = features_logits(predictor, te_paths)
-    un_f, un_l = features_logits(predictor, unknown)
-    test_acc = float((te_l.argmax(1) == torch.tensor(te_labels)).float().mean())
+    _, va_p = scored(predictor, va_paths)
+    te_s, te_p = scored(predictor, te_paths)
+    un_s, un_p = scored(predictor, unknown)
+    test_acc = float((te_p.argmax(1) == torch.tensor(te_labels)).float().mean())
 
     rows = []
     for method in METHODS:
-        if method == "max_softmax":
-            va_s, te_s, un_s = (1 - x.softmax(1).max(1).values for x in (va_l, te_l, un_l))
-            threshold = float(torch.quantile(va_s.double(), args.acceptance))
+        if method == "mahalanobis":  # train()'s threshold, set on val at ood.acceptance
+            te_m, un_m, threshold = te_s, un_s, stored.threshold
+        elif method == "knn":
+            scorer = OODScorer.fit(
+                "knn",
+                ood_features(predictor, tr_paths),
+                torch.tensor(tr_labels),
+                k=args.k,
+                views=stored.views,
+            )
+            scorer.calibrate(ood_features(predictor, va_paths), args.acceptance)
+            te_m = scorer.score(ood_features(predictor, te_paths))
+            un_m = scorer.score(ood_features(predictor, unknown))
+            threshold = scorer.threshold
         else:
-            scorer = OODScorer.fit(method, tr_f, torch.tensor(tr_labels), k=args.k)
-            scorer.calibrate(va_f, args.acceptance)
-            te_s, un_s, threshold = scorer.score(te_f), scorer.score(un_f), scorer.threshold
+            va_m, te_m, un_m = (1 - p.max(1).values for p in (va_p, te_p, un_p))
+            threshold = float(torch.quantile(va_m.double(), args.acceptance))
+
         rows.append(
             [
                 dataset,
                 held_out,
                 seed,
                 method,
-                round(auroc(te_s, un_s), 4),
-                round(float((un_s <= threshold).float().mean()), 4),
-                round(float((te_s <= threshold).float().mean()), 4),
+                stored.views,
+                round(auroc(te_m, un_m), 4),
+                round(float((un_m <= threshold).float().mean()), 4),
+                round(float((te_m <= threshold).float().mean()), 4),
                 round(test_acc, 4),
-                len(te_s),
-                len(un_s),
+                len(te_m),
+                len(un_m),
                 round(train_s, 1),
             ]
         )
@@ -138,6 +158,7 @@ HEADERS = [
     "held_out",
     "seed",
     "method",
+    "views",
     "auroc",
     "false_accept",
     "known_accept",
@@ -148,14 +169,11 @@ HEADERS = [
 ]
 
 
-def _sets_size(overrides: list[str]) -> bool:
-    return any(o.startswith("model.image_size=") for o in overrides)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=["defect", "pest"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--experiment", default="small_data", help="the training recipe")
     parser.add_argument("--epochs", type=int, default=30, help="fine-tuning epochs per run")
     parser.add_argument("--acceptance", type=float, default=0.95)
     parser.add_argument("--k", type=int, default=5, help="knn: the k-th nearest neighbour")
@@ -190,17 +208,17 @@ def main() -> None:
                     dataset,
                     method,
                     len(sel),
-                    statistics.mean(r[4] for r in sel),
-                    statistics.median(r[4] for r in sel),
-                    min(r[4] for r in sel),
+                    statistics.mean(r[5] for r in sel),
                     statistics.median(r[5] for r in sel),
+                    min(r[5] for r in sel),
                     statistics.median(r[6] for r in sel),
+                    statistics.median(r[7] for r in sel),
                 ]
             )
     head = ["dataset", "method", "runs", "auroc mean", "auroc median", "auroc min"]
     print(table([*head, "false-accept median", "known-accept median"], summary))
     print(f"per run: {out}")
-    mean = statistics.mean(r[4] for r in rows if r[3] == "mahalanobis")
+    mean = statistics.mean(r[5] for r in rows if r[3] == "mahalanobis")
     print(f"RESULT unknown_defect {mean:.4f}")
 
 

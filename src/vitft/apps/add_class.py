@@ -27,8 +27,9 @@ from vitft.run.rundir import Run, run_samples
 log = logging.getLogger(__name__)
 
 
-def _run_features(predictor, model_dir: str, split: str, labels: list[str]):
-    """Features and model-label indices of the run's ``split`` images."""
+def _run_features(predictor, model_dir: str, split: str, labels: list[str], views=None):
+    """Features (with OOD ``views``: the OOD scorer's) and model-label indices of the run's
+    ``split`` images."""
     run = Run.of(model_dir)
     if run is None or not run.split_file.is_file():
         raise VitftError(
@@ -37,7 +38,7 @@ def _run_features(predictor, model_dir: str, split: str, labels: list[str]):
         )
     _, classes, samples = run_samples(run.root, split)
     to_model = [labels.index(c) for c in classes]
-    feats, names, _ = predictor.features_files([p for p, _ in samples], progress=False)
+    feats, names, _ = predictor.features_files([p for p, _ in samples], progress=False, views=views)
     label_of = {str(p): to_model[y] for p, y in samples}
     return feats, torch.tensor([label_of[n] for n in names], dtype=torch.long)
 
@@ -47,6 +48,19 @@ def _accuracy(head, feats: torch.Tensor, labels: torch.Tensor) -> float | None:
         return None
     with torch.no_grad():
         return float((head(feats).argmax(1) == labels).float().mean())
+
+
+def _refit_ood(predictor, cfg: Any, labels: list[str], images: Path, new_label: int, out: Path):
+    """The OOD scorer again, its training set now with the new class's images."""
+    old = load_ood(cfg.model_dir)
+    feats, ys = _run_features(predictor, cfg.model_dir, "train", labels, old.views)
+    new, _, _ = predictor.features_files(images, progress=False, views=old.views)
+    val, _ = _run_features(predictor, cfg.model_dir, "val", labels, old.views)
+    new_y = torch.full((len(new),), new_label, dtype=torch.long)
+    scorer = OODScorer.fit(
+        old.method, torch.cat([feats, new]), torch.cat([ys, new_y]), k=old.k, views=old.views
+    )
+    save_ood(scorer.calibrate(val, float(old.acceptance or 0.95)), out)
 
 
 def add_class(cfg: Any) -> dict:
@@ -82,7 +96,11 @@ def add_class(cfg: Any) -> dict:
         head, torch.cat([old, new]), torch.cat([old_y, new_y]), int(cfg.steps), float(cfg.lr),
         int(cfg.seed),
     )  # fmt: skip
-    offset = protect_old_classes(head, val, val_y, float(cfg.max_old_taken))
+    # Every old image the run has (train and val) guards the old classes: val alone is a few
+    # dozen images, too few to tell where the old classes' margins end.
+    offset = protect_old_classes(
+        head, torch.cat([old, val]), torch.cat([old_y, val_y]), float(cfg.max_old_taken)
+    )
     model.head = head
     id2label = {i: c for i, c in enumerate([*labels, name])}
     model.backbone.config.id2label = id2label
@@ -100,10 +118,7 @@ def add_class(cfg: Any) -> dict:
     meta = {k: v for k, v in model_info(cfg.model_dir).items() if k not in ("head", "labels")}
     save_hf(model, processor, out, meta={**meta, "metrics": {}, "added_class": report})
     if has_ood(cfg.model_dir):
-        old_scorer = load_ood(cfg.model_dir)
-        feats, ys = torch.cat([old, new]), torch.cat([old_y, new_y])
-        scorer = OODScorer.fit(old_scorer.method, feats, ys, k=old_scorer.k)
-        save_ood(scorer.calibrate(val, float(old_scorer.acceptance or 0.95)), out)
+        _refit_ood(predictor, cfg, labels, images, len(labels), out)
     (out / "added_class.json").write_text(json.dumps(report, indent=2))
     print(
         f"{name}: {len(new)} images -> {out}; old classes' val accuracy "

@@ -47,8 +47,8 @@ def load_ood(model_dir: str | Path) -> OODScorer:
     if "views" not in doc:
         # Scorers from before L2-normalised, view-averaged features score other numbers.
         raise VitftError(
-            f"{model_dir / OOD_JSON} was fitted by an older vitft: refit it with "
-            f"add_class.py, retrain, or delete {OOD_JSON} to predict without the unknown flag"
+            f"{model_dir / OOD_JSON} was fitted by an older vitft: retrain, or delete "
+            f"{OOD_JSON} to predict without the unknown flag"
         )
     keys = ("method", "k", "views", "threshold", "acceptance")
     facts = {k: v for k, v in doc.items() if k not in keys}
