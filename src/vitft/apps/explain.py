@@ -11,7 +11,7 @@ import torch
 from vitft.core.errors import VitftError
 from vitft.core.plots import heatmap_figure, save
 from vitft.data.images import load_image
-from vitft.deploy.explain import Explainer, usable_methods
+from vitft.deploy.explain import Explainer, unknown_map, usable_methods
 from vitft.deploy.predictor import Predictor, resolve_inputs
 
 log = logging.getLogger(__name__)
@@ -50,15 +50,22 @@ def explain(cfg: Any) -> list[Path]:
             log.warning("skipped %s: %s", path, err)
             continue
         pixels = predictor.transform(image)[None]
-        probs = predictor.probabilities(pixels)[0]
+        probs, scores = predictor.outputs(pixels)
+        probs = probs[0]
         cls = int(probs.argmax()) if target is None else target
         on = next(model.parameters()).device
-        maps = explainer.explain(pixels.to(on), methods, torch.tensor([cls], device=on))
-        maps = {m: v.detach().cpu() for m, v in maps.items()}
         title = f"{path.name}: {predictor.labels[int(probs.argmax())]} {float(probs.max()):.2f}"
-        fig = heatmap_figure(
-            [image], {m: [maps[m][0]] for m in methods}, [title], explained=predictor.labels[cls]
-        )
+        if scores is not None and bool(predictor.ood.unknown(scores)[0]) and target is None:
+            # Flagged unknown: a class's evidence would explain the wrong thing.
+            cam = unknown_map(model, predictor.ood.to(on), pixels.to(on))
+            maps, what = {"unknown": cam.detach().cpu()}, None
+            threshold = predictor.ood.threshold
+            title = f"{path.name}: unknown (ood {float(scores[0]):.3g} > {threshold:.3g})"
+        else:
+            maps = explainer.explain(pixels.to(on), methods, torch.tensor([cls], device=on))
+            maps = {m: v.detach().cpu() for m, v in maps.items()}
+            what = predictor.labels[cls]
+        fig = heatmap_figure([image], {m: [v[0]] for m, v in maps.items()}, [title], explained=what)
         written.append(save(fig, out_dir / f"{path.stem}_explain.png"))
     for b in bad:
         log.warning("skipped %s: %s", b.path, b.reason)

@@ -32,13 +32,16 @@ the eager attention returns (SDPA does not), so the explainer switches its model
 from __future__ import annotations
 
 import logging
+import math
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from vitft.core.errors import VitftError
 from vitft.core.plots import upsample
 from vitft.models.classifier import ImageClassifier
+from vitft.models.ood import OODScorer, ood_descriptor, ood_hidden
 from vitft.models.parts import backbone_parts
 
 log = logging.getLogger(__name__)
@@ -209,6 +212,35 @@ class Explainer:
             else:
                 maps[m] = getattr(self, m)(pixel_values, target)
         return maps
+
+
+def unknown_map(
+    model: ImageClassifier, scorer: OODScorer, pixel_values: torch.Tensor
+) -> torch.Tensor:
+    """Where an image is unfamiliar: gradient x activation of its OOD score (the image as given,
+    one view) at each hidden state the OOD features take maxima from, summed over channels,
+    upsampled to the finest grid and averaged; ``(B, h, w)`` in [0, 1]. The maxima pass the
+    gradient only to the positions that supplied them, so the map marks the responses that made
+    the image novel (on held-out cracks: the crack), where a class's Grad-CAM would explain
+    what the image resembles. Grad-CAM's channel-mean weights would smear that over the map."""
+    with torch.enable_grad():
+        x = pixel_values.detach().requires_grad_(True)  # grads flow even if frozen
+        pooled, hidden = ood_hidden(model, x)
+        for h in hidden:
+            h.retain_grad()
+        scorer(ood_descriptor(pooled, hidden)[:, None]).sum().backward()
+    model.zero_grad(set_to_none=True)
+    cams = []
+    for h in hidden:
+        act, grad = h.detach(), h.grad
+        if act.dim() == 3:  # (B, tokens, C): leading class/register tokens, then a square grid
+            side = math.isqrt(act.shape[1])
+            act, grad = (t[:, -side * side :].transpose(1, 2) for t in (act, grad))
+            act, grad = (t.reshape(t.shape[0], t.shape[1], side, side) for t in (act, grad))
+        cams.append(_normalise(torch.relu((act * grad).sum(1))))
+    size = max((c.shape[-2:] for c in cams), key=lambda s: s[0] * s[1])
+    ups = [F.interpolate(c[:, None], size=tuple(size), mode="bilinear")[:, 0] for c in cams]
+    return _normalise(torch.stack(ups).mean(0))
 
 
 def usable_methods(explainer: Explainer, requested) -> list[str]:

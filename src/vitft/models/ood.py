@@ -194,6 +194,17 @@ def _pool(features: torch.Tensor) -> torch.Tensor:
 OOD_DEPTHS = 4
 
 
+def ood_hidden(model: nn.Module, pixel_values: torch.Tensor):
+    """``(pooled (N, D), [OOD_DEPTHS hidden states])`` of one backbone pass: the intermediate
+    states the OOD features take their maxima from, evenly spaced in depth."""
+    out = model.backbone(pixel_values=pixel_values, output_hidden_states=True)
+    hidden = list(out.hidden_states or ())[1:]  # [0] is the embedding/stem output
+    if len(hidden) > OOD_DEPTHS:
+        step = (len(hidden) - 1) / (OOD_DEPTHS - 1)
+        hidden = [hidden[round(i * step)] for i in range(OOD_DEPTHS)]
+    return out.logits, hidden
+
+
 def multiscale_features(model: nn.Module, pixel_values: torch.Tensor):
     """``(OOD features (N, D'), pooled features (N, D))`` of one backbone pass.
 
@@ -201,19 +212,18 @@ def multiscale_features(model: nn.Module, pixel_values: torch.Tensor):
     ``OOD_DEPTHS`` intermediate hidden states, each L2-normalised. A classifier's pooled features
     keep only what tells its known classes apart: a crack unseen in training barely moves a
     dent-vs-normal model's pooled features, but its strongest local response at some middle
-    depth stands out (on the sample data's held-out classes: mean AUROC 0.84 pooled only, 0.93
-    with the maxima; benchmarks/README.md#unknown-defects).
+    depth stands out (benchmarks/README.md#unknown-defects).
     """
-    out = model.backbone(pixel_values=pixel_values, output_hidden_states=True)
-    pooled = out.logits
-    hidden = list(out.hidden_states or ())[1:]  # [0] is the embedding/stem output
-    if len(hidden) > OOD_DEPTHS:
-        step = (len(hidden) - 1) / (OOD_DEPTHS - 1)
-        hidden = [hidden[round(i * step)] for i in range(OOD_DEPTHS)]
+    pooled, hidden = ood_hidden(model, pixel_values)
+    return ood_descriptor(pooled, hidden), pooled
+
+
+def ood_descriptor(pooled: torch.Tensor, hidden: list[torch.Tensor]) -> torch.Tensor:
+    """``ood_hidden``'s outputs -> the ``(N, D')`` OOD features."""
     # (N, C, H, W) maps or (N, tokens, C) sequences: the maximum over positions
     peaks = [h.amax(dim=(2, 3)) if h.dim() == 4 else h.amax(dim=1) for h in hidden]
     parts = [nn.functional.normalize(t.flatten(1), dim=-1) for t in [pooled, *peaks]]
-    return torch.cat(parts, -1), pooled
+    return torch.cat(parts, -1)
 
 
 def _view_outputs(model: nn.Module, pixel_values: torch.Tensor, views: str):
