@@ -67,6 +67,7 @@ def test_onnx_and_int8_formats_reload_and_agree(model_dir, tiny_data):
         meta = read_metadata(out / fmt)
         assert META_KEYS <= meta.keys() and meta["labels"] == sorted(CLASSES)
         assert meta["image_size"] == [32, 32] and meta["format"] == fmt
+        assert meta["outputs"] == ["logits"] and meta["ood"] is None  # no scorer: one output
         par = json.loads((out / fmt / "parity.json").read_text())
         assert par["images"] == 9 and par["agreement"] >= par["threshold"]
         assert par["batch_size"] == 1  # one image per call, as deployed

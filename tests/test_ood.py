@@ -200,11 +200,15 @@ class _LogitsOnly(Backend):
         return torch.zeros(len(pixel_values), 3)
 
 
-def test_an_export_backend_cannot_carry_the_ood_score():
+def test_a_backend_without_the_score_is_one_clear_error():
+    """Exports carry the score (tests/test_export_ood.py); a backend without it says how to get
+    it, up front and when asked for scores."""
     x, y = _blobs(0)
     scorer = OODScorer.fit("knn", x, y)
-    with pytest.raises(VitftError, match="OOD score needs backbone features"):
+    with pytest.raises(VitftError, match="OOD score is not an output of the onnx .*ood=true"):
         Predictor(_LogitsOnly(), ["a", "b", "c"], processor=None, ood=scorer)
+    with pytest.raises(VitftError, match="OOD score is not an output"):
+        _LogitsOnly().scored(torch.zeros(1, 3, 8, 8), scorer)
 
 
 def test_mahalanobis_fits_features_without_spread():

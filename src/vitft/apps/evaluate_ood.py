@@ -20,7 +20,7 @@ def ood_metrics(predictor: Predictor, results: Results, ood_dir: str | None, cfg
         if ood_dir:
             raise VitftError(
                 f"ood_dir={ood_dir} needs a model with an OOD scorer (model/ood.json, written by "
-                "train with ood.method set) run by PyTorch: pass model_dir=<run>/model"
+                "train with ood.method set) or an export of one (export.py ood=true)"
             )
         return {}
     known = torch.tensor([p.ood_score for p in results.predictions])

@@ -1,8 +1,10 @@
 """Inference backends: float32 pixels ``(N, 3, H, W)`` in, logits ``(N, classes)`` out.
 
-Every backend says what it is (``name``, ``precision``) and what it can do beyond logits: only a
-backend with a PyTorch model (``torch_model``) can explain its answers with heatmaps, which need
-the model's gradients and attentions. Compiled exports (ONNX, TorchScript int8, LiteRT) have none.
+Every backend says what it is (``name``, ``precision``) and what it can do beyond logits:
+``scores_ood``: ``scored`` gives the OOD score with the logits (the PyTorch model with its scorer,
+or an export whose graph computes it); only a backend with a PyTorch model (``torch_model``) can
+explain its answers with heatmaps, which need the model's gradients and attentions. Compiled
+exports (ONNX, TorchScript int8, LiteRT, OpenVINO) have none.
 """
 
 from __future__ import annotations
@@ -13,7 +15,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vitft.deploy.runtime import load_exported
+from vitft.core.errors import VitftError
+from vitft.deploy.metadata import output_names_of
+from vitft.deploy.onnx import OOD_OUTPUT, OUTPUT_NAME
+from vitft.deploy.runtime import load_outputs
 from vitft.models.ood import OODScorer, ScoredClassifier, view_features
 
 
@@ -28,10 +33,23 @@ class Backend(ABC):
 
     name: str = "backend"
     precision: str = "fp32"
+    scores_ood: bool = False
 
     @abstractmethod
     def __call__(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Logits (float32, on the CPU) of a preprocessed batch."""
+
+    def scored(
+        self, pixel_values: torch.Tensor, scorer: OODScorer
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and OOD scores ``(N,)`` of one pass (backends with ``scores_ood``)."""
+        raise self.no_ood_score()
+
+    def no_ood_score(self) -> VitftError:
+        return VitftError(
+            f"the OOD score is not an output of the {self.description} backend: predict with "
+            "the PyTorch model dir (<run>/model), or re-export it with export.py ood=true"
+        )
 
     @property
     def torch_model(self) -> nn.Module | None:
@@ -47,6 +65,7 @@ class TorchBackend(Backend):
     """The PyTorch model as a backend (eval mode, no grad)."""
 
     name = "pytorch"
+    scores_ood = True
 
     def __init__(self, model: nn.Module, device: str | torch.device | None = "cpu"):
         self.device = pick_device(str(device) if device else None)
@@ -61,9 +80,13 @@ class TorchBackend(Backend):
         return self.model
 
     @torch.inference_mode()
-    def features(self, pixel_values: torch.Tensor, views: str = "none") -> torch.Tensor:
-        """``(N, V, D)`` pooled backbone features of each image's OOD ``views``."""
-        return view_features(self.model, pixel_values.to(self.device), views).float().cpu()
+    def features(self, pixel_values: torch.Tensor, views: str | None = None) -> torch.Tensor:
+        """Pooled backbone features ``(N, D)``; with OOD ``views``, the scorer's ``(N, V, D')``
+        multi-scale features of each image's views (``vitft.models.ood.view_features``)."""
+        pixel_values = pixel_values.to(self.device)
+        if views is None:
+            return self.model.features(pixel_values).float().cpu()
+        return view_features(self.model, pixel_values, views).float().cpu()
 
     @torch.inference_mode()
     def scored(
@@ -76,16 +99,32 @@ class TorchBackend(Backend):
 
 
 class ExportedBackend(Backend):
-    """An export folder written by export.py, run by its own runtime (metadata.json says which)."""
+    """An export folder written by export.py, run by its own runtime (metadata.json says which).
+    With a scorer in its graph (metadata ``ood``), its second output is the OOD score."""
 
     def __init__(self, folder: str | Path, threads: int | None = None):
         self.folder = Path(folder)
-        self._predict, self.metadata = load_exported(self.folder, threads=threads)
+        self._run, self.metadata = load_outputs(self.folder, threads=threads)
         self.name = str(self.metadata.get("format", "export"))
         self.precision = str(self.metadata.get("precision", "fp32"))
+        self.outputs = output_names_of(self.metadata)
+        self.scores_ood = OOD_OUTPUT in self.outputs
+
+    def _outputs(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = self._run(pixel_values.numpy().astype("float32"))
+        return {name: torch.from_numpy(o) for name, o in zip(self.outputs, out, strict=True)}
 
     def __call__(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self._predict(pixel_values.numpy().astype("float32")))
+        return self._outputs(pixel_values)[OUTPUT_NAME]
+
+    def scored(
+        self, pixel_values: torch.Tensor, scorer: OODScorer
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and the graph's OOD scores; ``scorer`` (its threshold) is the caller's."""
+        if not self.scores_ood:
+            raise self.no_ood_score()
+        out = self._outputs(pixel_values)
+        return out[OUTPUT_NAME], out[OOD_OUTPUT].reshape(-1)
 
     @property
     def source_model(self) -> Path | None:

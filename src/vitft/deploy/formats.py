@@ -69,7 +69,8 @@ def write_format(
     calibration: ImageSet | None,
     opset: int,
 ) -> None:
-    """Write format ``fmt`` of ``model`` to the file ``dst``; fp32 intermediates live in cache."""
+    """Write format ``fmt`` of ``model`` (the classifier, or a ``ScoredClassifier``: logits and
+    ood_score) to the file ``dst``; fp32 intermediates live in cache."""
 
     def fp32_onnx() -> Path:
         path = cache / "fp32.onnx"

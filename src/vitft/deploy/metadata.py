@@ -1,7 +1,8 @@
 """metadata.json: what makes an exported model usable without vitft's config.
 
 Every export folder holds one model file plus this file: labels, input size, normalisation, the
-format and the sha256 of the source model weights (so a deployed file can be traced to its run).
+format, the outputs, the sha256 of the source model weights (so a deployed file can be traced to
+its run) and, when the graph computes the OOD score, the threshold that makes it the unknown flag.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Any
 from vitft import __version__
 from vitft.core.errors import VitftError
 from vitft.core.files import sha256
+from vitft.deploy.onnx import INPUT_NAME, OOD_OUTPUT, OUTPUT_NAME
+from vitft.models.ood import OODScorer
 
 METADATA_FILE = "metadata.json"
 PARITY_FILE = "parity.json"
@@ -35,9 +38,12 @@ def build_metadata(
     labels: list[str],
     facts: dict,
     model_dir: str | Path | None,
+    outputs: list[str] | None = None,
+    ood: OODScorer | None = None,
     **extra: Any,
 ) -> dict:
-    """The metadata of one exported format; ``facts`` is ``processor_facts(processor)``."""
+    """The metadata of one exported format; ``facts`` is ``processor_facts(processor)``,
+    ``outputs`` the graph's (``onnx.output_names``), ``ood`` the scorer inside the graph."""
     return {
         "format": fmt,
         "precision": precision,
@@ -47,9 +53,11 @@ def build_metadata(
         "image_size": facts["image_size"],
         "image_mean": facts["image_mean"],
         "image_std": facts["image_std"],
-        "input_name": "pixel_values",
+        "input_name": INPUT_NAME,
         "input_layout": "NCHW float32, RGB, resized then (x/255 - mean) / std",
-        "output_name": "logits",
+        "output_name": OUTPUT_NAME,
+        "outputs": list(outputs or [OUTPUT_NAME]),
+        "ood": ood_block(ood) if ood is not None else None,
         "source_model": str(model_dir) if model_dir else None,
         "source_sha256": source_sha256(model_dir) if model_dir else None,
         "vitft_version": __version__,
@@ -72,3 +80,38 @@ def read_metadata(folder: str | Path) -> dict:
             "(e.g. outputs/<run>/export/onnx) or at an HF model dir (outputs/<run>/model)"
         )
     return json.loads(path.read_text())
+
+
+def ood_block(scorer: OODScorer) -> dict:
+    """metadata.json's ``ood``: what turns the graph's ``ood_score`` into the unknown flag."""
+    return {
+        "output_name": OOD_OUTPUT,
+        "method": scorer.method,
+        "k": scorer.k,
+        "views": scorer.views,
+        "threshold": scorer.threshold,
+        "acceptance": scorer.acceptance,
+        "facts": dict(scorer.info),
+    }
+
+
+def metadata_scorer(meta: dict) -> OODScorer | None:
+    """The scorer of an export's ``ood`` block without its tensors (they are constants in the
+    graph): what the unknown flag needs (threshold, method, views). None without a block."""
+    block = meta.get("ood")
+    if not block:
+        return None
+    return OODScorer(
+        block["method"],
+        {},
+        k=int(block.get("k", 5)),
+        views=block["views"],
+        threshold=float(block["threshold"]),
+        acceptance=block.get("acceptance"),
+        info=block.get("facts"),
+    )
+
+
+def output_names_of(meta: dict) -> list[str]:
+    """The export's outputs in order; metadata without ``outputs`` is of a logits-only export."""
+    return list(meta.get("outputs") or [meta.get("output_name", OUTPUT_NAME)])

@@ -1,4 +1,5 @@
-"""ONNX export: opset >= 17, dynamic batch, ``pixel_values`` -> ``logits``, simplified, checked."""
+"""ONNX export: opset >= 17, dynamic batch, ``pixel_values`` -> ``logits`` (and ``ood_score`` for a
+``ScoredClassifier``), simplified, checked."""
 
 from __future__ import annotations
 
@@ -10,15 +11,23 @@ import torch
 from torch import nn
 
 from vitft.core.errors import VitftError
+from vitft.models.ood import ScoredClassifier
 
 log = logging.getLogger(__name__)
 
 INPUT_NAME = "pixel_values"
 OUTPUT_NAME = "logits"
+OOD_OUTPUT = "ood_score"
+
+
+def output_names(model: nn.Module) -> list[str]:
+    """An export's outputs: logits, then the OOD score when the scorer is in the graph."""
+    return [OUTPUT_NAME, OOD_OUTPUT] if isinstance(model, ScoredClassifier) else [OUTPUT_NAME]
 
 
 def export_onnx(model: nn.Module, path: str | Path, image_size: list[int], opset: int = 18) -> Path:
-    """Write ``model`` (pixel_values -> logits) to ``path`` as a simplified, checked ONNX file."""
+    """Write ``model`` (pixel_values -> ``output_names(model)``) to ``path`` as a simplified,
+    checked ONNX file."""
     import onnx
     import onnxslim
 
@@ -28,6 +37,7 @@ def export_onnx(model: nn.Module, path: str | Path, image_size: list[int], opset
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval().cpu()
     sample = torch.randn(2, 3, *image_size)
+    outputs = output_names(model)
     with warnings.catch_warnings():
         # The TorchScript-based exporter warns that it is deprecated; its output is checked below.
         warnings.simplefilter("ignore")
@@ -36,8 +46,8 @@ def export_onnx(model: nn.Module, path: str | Path, image_size: list[int], opset
             (sample,),
             str(path),
             input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            output_names=outputs,
+            dynamic_axes={name: {0: "batch"} for name in [INPUT_NAME, *outputs]},
             opset_version=opset,
             do_constant_folding=True,
             dynamo=False,

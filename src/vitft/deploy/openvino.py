@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from vitft.core.errors import VitftError
+from vitft.deploy.quantize import SCORER_PREFIX
 
 
 def _ov():
@@ -32,7 +33,8 @@ def export_openvino(onnx_path: str | Path, dst: str | Path) -> Path:
 
 
 def openvino_int8(onnx_path: str | Path, dst: str | Path, calibration: np.ndarray) -> Path:
-    """int8 IR: NNCF post-training quantization calibrated on ``calibration`` (N, 3, H, W)."""
+    """int8 IR: NNCF post-training quantization calibrated on ``calibration`` (N, 3, H, W); the
+    OOD scorer's nodes stay float (see ``quantize.backbone_matmuls``)."""
     ov = _ov()
     try:
         import nncf
@@ -47,6 +49,7 @@ def openvino_int8(onnx_path: str | Path, dst: str | Path, calibration: np.ndarra
         data,
         model_type=nncf.ModelType.TRANSFORMER,  # keeps softmax/LayerNorm paths accurate
         subset_size=len(calibration),
+        ignored_scope=nncf.IgnoredScope(patterns=[f"{SCORER_PREFIX}.*"], validate=False),
     )
     ov.save_model(quantized, str(dst), compress_to_fp16=False)
     return Path(dst)

@@ -1,6 +1,8 @@
 """Parity of an exported model with the PyTorch fp32 model on the task's images.
 
-Top-1 agreement, accuracy of both, max abs logit difference: written to parity.json per format.
+Top-1 agreement, accuracy of both, max abs logit difference and, for an export with the OOD score,
+how far its scores are from PyTorch's and how often the unknown flag agrees: written to
+parity.json per format.
 """
 
 from __future__ import annotations
@@ -53,8 +55,13 @@ def load_images(
     return ImageSet(x=x, y=y, split=split, root=str(root))
 
 
-def batched(predict, x: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    return np.concatenate([predict(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+def batched(predict, x: np.ndarray, batch_size: int = 32):
+    """``predict`` over ``x`` in batches: one array, or a tuple of them when ``predict`` returns
+    tuples (every output of an export)."""
+    parts = [predict(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+    if isinstance(parts[0], tuple):
+        return tuple(np.concatenate(out) for out in zip(*parts, strict=True))
+    return np.concatenate(parts)
 
 
 def parity(
@@ -88,6 +95,25 @@ def parity(
     }
 
 
+def ood_parity(reference: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
+    """An export's OOD ``scores`` against the PyTorch fp32 ``reference`` scores: the largest
+    absolute and relative differences, and how often the unknown flag (score > ``threshold``) is
+    the same. Relative to the score, or to the threshold for scores below it: what matters is how
+    far a score moves towards the decision (a near-zero kNN score's own relative error does not)."""
+    ref = reference.astype(np.float64).reshape(-1)
+    got = scores.astype(np.float64).reshape(-1)
+    diff = np.abs(got - ref)
+    scale = np.maximum(np.abs(ref), abs(threshold) if np.isfinite(threshold) else 0.0)
+    return {
+        "max_abs_diff": float(diff.max()),
+        "max_rel_diff": float((diff / np.maximum(scale, 1e-12)).max()),
+        "unknown_agreement": float(((ref > threshold) == (got > threshold)).mean()),
+        "unknown_pytorch": float((ref > threshold).mean()),
+        "unknown": float((got > threshold).mean()),
+        "threshold": float(threshold),
+    }
+
+
 def write_parity(folder: str | Path, result: dict) -> Path:
     path = Path(folder) / PARITY_FILE
     path.write_text(json.dumps(result, indent=2))
@@ -95,8 +121,15 @@ def write_parity(folder: str | Path, result: dict) -> Path:
 
 
 def format_row(fmt: str, result: dict) -> str:
+    ood = result.get("ood")
     return (
         f"{fmt:<18} agreement {result['agreement']:7.2%}  acc {result['accuracy']:7.2%} "
         f"(pytorch {result['accuracy_pytorch']:7.2%})  max|dlogit| {result['max_abs_diff']:.2e}"
-        f"  threshold {result['threshold']:.2%}  {'ok' if result['passed'] else 'FAILED'}"
+        + (
+            f"  ood: max rel diff {ood['max_rel_diff']:.2e} (tolerance {ood['tolerance']:.0e}), "
+            f"unknown agreement {ood['unknown_agreement']:7.2%}"
+            if ood
+            else ""
+        )
+        + f"  threshold {result['threshold']:.2%}  {'ok' if result['passed'] else 'FAILED'}"
     )

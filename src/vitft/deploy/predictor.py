@@ -4,7 +4,8 @@ A backend is anything that maps a float32 pixel batch ``(N, 3, H, W)`` to logits
 (``vitft.deploy.backends``: PyTorch, or any export folder). The ``Predictor`` owns what is
 the same for every backend: decoding (``load_image``), the model's own preprocessing
 (``ImageTransform``), batching, test-time augmentation, the reject option, the unknown flag (an
-OOD score on the backbone features, PyTorch backend only) and bad-file handling.
+OOD score on the backbone features, from the PyTorch model or an export that computes it) and
+bad-file handling.
 Never imports Lightning: a checkpoint is read with ``torch.load(weights_only=True)``.
 """
 
@@ -28,7 +29,7 @@ from vitft.data.folder import list_images
 from vitft.data.images import load_image
 from vitft.data.transforms import ImageTransform
 from vitft.deploy.backends import Backend, ExportedBackend, TorchBackend
-from vitft.deploy.metadata import METADATA_FILE, read_metadata
+from vitft.deploy.metadata import METADATA_FILE, metadata_scorer
 from vitft.modelio.checkpoint import load_classifier
 from vitft.modelio.hf import model_info
 from vitft.modelio.ood import has_ood, load_ood
@@ -68,8 +69,8 @@ class Prediction:
     latency_ms: float  # decode + preprocess of this image + its share of the batch's forward
     # Multi-label models: every class at or above its threshold (empty: none); else None.
     labels: list[str] | None = None
-    # With an OOD scorer (model/ood.json, PyTorch backend): higher is less like the training
-    # data; unknown: above the scorer's threshold (then label is "unknown"). Else None.
+    # With an OOD scorer (model/ood.json, or an export's metadata ood block): higher is less like
+    # the training data; unknown: above the scorer's threshold (then label is "unknown"). Else None.
     ood_score: float | None = None
     unknown: bool | None = None
 
@@ -159,11 +160,8 @@ class Predictor:
         ood: OODScorer | None = None,
     ):
         self.backend = backend
-        if ood is not None and not hasattr(backend, "scored"):
-            raise VitftError(
-                f"the OOD score needs backbone features, which a {backend.description} export "
-                "does not output: predict with the PyTorch model dir (<run>/model)"
-            )
+        if ood is not None and not backend.scores_ood:
+            raise backend.no_ood_score()
         self.ood = ood
         self.labels = list(labels)
         self.multilabel = multilabel
@@ -194,20 +192,23 @@ class Predictor:
         **kwargs: Any,
     ) -> Predictor:
         """A Predictor over a model dir, an export folder (onnx, onnx_int8, torch_int8, tflite,
-        ...: anything with a metadata.json) or a Lightning checkpoint. ``ood``: load the model
-        dir's OOD scorer (model/ood.json) when it has one."""
+        ...: anything with a metadata.json) or a Lightning checkpoint. ``ood``: the unknown flag,
+        when the model dir has an OOD scorer (model/ood.json) or the export computes the score."""
         if model_dir and (Path(model_dir) / METADATA_FILE).is_file():
             backend = ExportedBackend(model_dir)
-            meta = read_metadata(model_dir)
-            if ood and has_ood(meta.get("source_model")):
+            meta = backend.metadata
+            scorer = metadata_scorer(meta) if ood and backend.scores_ood else None
+            if ood and scorer is None and has_ood(meta.get("source_model")):
                 log.warning(
-                    "no ood_score: the unknown flag needs backbone features, which the %s export "
-                    "does not output; use model_dir=%s (PyTorch) for it",
+                    "no ood_score: the %s export was made without the OOD scorer of %s; "
+                    "re-export it with export.py ood=true",
                     backend.description,
                     meta.get("source_model"),
                 )
             processor = AutoImageProcessor.from_pretrained(model_dir)
-            return cls(backend, meta["labels"], processor, **_multilabel_args(meta), **kwargs)
+            return cls(
+                backend, meta["labels"], processor, **_multilabel_args(meta), ood=scorer, **kwargs
+            )
         model, processor = load_classifier(model_dir, ckpt_path)
         meta = {"multilabel": is_multilabel(model.config)}
         if model_dir:
@@ -246,15 +247,14 @@ class Predictor:
         return packed[:, :n], (packed[:, n] if packed.shape[1] > n else None)
 
     def features(self, pixel_values: torch.Tensor, views: str | None = None) -> torch.Tensor:
-        """Pooled backbone features ``(N, D)`` (PyTorch backend); with ``views``, ``(N, V, D)``
-        over those OOD views (``vitft.models.ood.image_views``)."""
+        """Pooled backbone features ``(N, D)`` (PyTorch backend); with ``views``, the OOD
+        scorer's ``(N, V, D')`` features over those views (``vitft.models.ood.view_features``)."""
         if not hasattr(self.backend, "features"):
             raise VitftError(
                 f"backbone features need the PyTorch model; a {self.backend.description} export "
                 "has none: pass model_dir=<run>/model"
             )
-        feats = self.backend.features(pixel_values.contiguous(), views or "none")
-        return feats if views else feats[:, 0]
+        return self.backend.features(pixel_values.contiguous(), views)
 
     def _decide(self, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         conf, idx = probs.max(-1)

@@ -1,7 +1,9 @@
 """Run any exported model: ``load_exported(folder) -> (predict, metadata)``.
 
 ``predict`` maps float32 numpy ``(N, 3, H, W)`` (already normalised, as in metadata.json) to numpy
-logits ``(N, num_labels)``. Each runtime is imported only when its format is loaded.
+logits ``(N, num_labels)``; ``load_outputs`` gives every output of the export instead, in the order
+of metadata.json's ``outputs`` (logits, then ``ood_score`` ``(N,)`` when the graph computes it).
+Each runtime is imported only when its format is loaded.
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ import torch
 
 from vitft.core.errors import VitftError
 from vitft.data.transforms import processor_facts
-from vitft.deploy.metadata import METADATA_FILE, read_metadata
+from vitft.deploy.metadata import METADATA_FILE, output_names_of, read_metadata
 from vitft.modelio.hf import load_model
 
 log = logging.getLogger(__name__)
 
 Predict = Callable[[np.ndarray], np.ndarray]
+Outputs = Callable[[np.ndarray], tuple[np.ndarray, ...]]
 
 
 def _torch_threads(threads: int | None) -> None:
@@ -28,26 +31,25 @@ def _torch_threads(threads: int | None) -> None:
         torch.set_num_threads(int(threads))
 
 
-def _pytorch(folder: Path, meta: dict, threads: int | None) -> Predict:
-    _torch_threads(threads)
-    model, _ = load_model(folder)
+def torch_outputs(model: Callable) -> Outputs:
+    """``model`` (pixels -> logits, or a tuple of outputs) as a numpy ``Outputs`` function."""
 
-    def predict(x: np.ndarray) -> np.ndarray:
+    def run(x: np.ndarray) -> tuple[np.ndarray, ...]:
         with torch.inference_mode():
-            return model(torch.from_numpy(np.ascontiguousarray(x, np.float32))).numpy()
+            out = model(torch.from_numpy(np.ascontiguousarray(x, np.float32)))
+        return tuple(o.numpy() for o in out) if isinstance(out, tuple) else (out.numpy(),)
 
-    return predict
+    return run
 
 
-def _torchscript(folder: Path, meta: dict, threads: int | None) -> Predict:
+def _pytorch(folder: Path, meta: dict, threads: int | None) -> Outputs:
     _torch_threads(threads)
-    model = torch.jit.load(str(folder / meta["file"]), map_location="cpu").eval()
+    return torch_outputs(load_model(folder)[0])
 
-    def predict(x: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return model(torch.from_numpy(np.ascontiguousarray(x, np.float32))).numpy()
 
-    return predict
+def _torchscript(folder: Path, meta: dict, threads: int | None) -> Outputs:
+    _torch_threads(threads)
+    return torch_outputs(torch.jit.load(str(folder / meta["file"]), map_location="cpu").eval())
 
 
 CPU_PROVIDER = "CPUExecutionProvider"
@@ -91,7 +93,7 @@ def _provider_options(providers: list[str], folder: Path) -> list:
     ]
 
 
-def _onnxruntime(folder: Path, meta: dict, threads: int | None, device: str = "cpu") -> Predict:
+def _onnxruntime(folder: Path, meta: dict, threads: int | None, device: str = "cpu") -> Outputs:
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -113,34 +115,36 @@ def _onnxruntime(folder: Path, meta: dict, threads: int | None, device: str = "c
             session.get_providers()[0],
         )
     name = session.get_inputs()[0].name
+    outputs = output_names_of(meta)
 
-    def predict(x: np.ndarray) -> np.ndarray:
-        return session.run(None, {name: np.ascontiguousarray(x, np.float32)})[0]
+    def run(x: np.ndarray) -> tuple[np.ndarray, ...]:
+        return tuple(session.run(outputs, {name: np.ascontiguousarray(x, np.float32)}))
 
-    return predict
+    return run
 
 
-def _litert(folder: Path, meta: dict, threads: int | None) -> Predict:
+def _litert(folder: Path, meta: dict, threads: int | None) -> Outputs:
     from ai_edge_litert.interpreter import Interpreter
 
     interpreter = Interpreter(str(folder / meta["file"]), num_threads=int(threads or 1))
     interpreter.allocate_tensors()
     inp = interpreter.get_input_details()[0]["index"]
-    out = interpreter.get_output_details()[0]["index"]
+    # In the order of the PyTorch outputs (litert-torch names them output_0, output_1, ...).
+    outs = [d["index"] for d in interpreter.get_output_details()]
 
-    def predict(x: np.ndarray) -> np.ndarray:
+    def run(x: np.ndarray) -> tuple[np.ndarray, ...]:
         # The graph has batch 1 (edge devices run one frame at a time).
         rows = []
         for image in np.ascontiguousarray(x, np.float32):
             interpreter.set_tensor(inp, image[None])
             interpreter.invoke()
-            rows.append(interpreter.get_tensor(out).copy())
-        return np.concatenate(rows, axis=0)
+            rows.append([interpreter.get_tensor(o).copy() for o in outs])
+        return tuple(np.concatenate(col, axis=0) for col in zip(*rows, strict=True))
 
-    return predict
+    return run
 
 
-def _openvino(folder: Path, meta: dict, threads: int | None) -> Predict:
+def _openvino(folder: Path, meta: dict, threads: int | None) -> Outputs:
     import openvino as ov
 
     config: dict = {"PERFORMANCE_HINT": "LATENCY"}
@@ -150,15 +154,16 @@ def _openvino(folder: Path, meta: dict, threads: int | None) -> Predict:
         # CPUs with bf16/AMX would otherwise run an fp32 model in bf16 by default.
         config["INFERENCE_PRECISION_HINT"] = "f32"
     compiled = ov.Core().compile_model(str(folder / meta["file"]), "CPU", config)
-    output = compiled.output(0)
+    outputs = [compiled.output(name) for name in output_names_of(meta)]
 
-    def predict(x: np.ndarray) -> np.ndarray:
-        return compiled(np.ascontiguousarray(x, np.float32))[output]
+    def run(x: np.ndarray) -> tuple[np.ndarray, ...]:
+        result = compiled(np.ascontiguousarray(x, np.float32))
+        return tuple(result[o] for o in outputs)
 
-    return predict
+    return run
 
 
-RUNTIMES: dict[str, Callable[[Path, dict, int | None], Predict]] = {
+RUNTIMES: dict[str, Callable[[Path, dict, int | None], Outputs]] = {
     "pytorch": _pytorch,
     "torchscript": _torchscript,
     "onnxruntime": _onnxruntime,
@@ -167,10 +172,11 @@ RUNTIMES: dict[str, Callable[[Path, dict, int | None], Predict]] = {
 }
 
 
-def load_exported(
+def load_outputs(
     folder: str | Path, threads: int | None = None, device: str = "cpu"
-) -> tuple[Predict, dict]:
-    """Load an export folder (or an HF model dir, run in PyTorch fp32) for inference.
+) -> tuple[Outputs, dict]:
+    """Load an export folder (or an HF model dir, run in PyTorch fp32: logits only) for inference;
+    ``run(x)`` returns the outputs named in metadata.json's ``outputs``, in that order.
 
     ``threads``: intra-op threads (torch.set_num_threads / ORT intra_op_num_threads / LiteRT
     num_threads / OpenVINO INFERENCE_NUM_THREADS); None keeps each runtime's default.
@@ -201,6 +207,14 @@ def load_exported(
         return _onnxruntime(folder, meta, threads, device), meta
     _cpu_only(folder, runtime, device)
     return RUNTIMES[runtime](folder, meta, threads), meta
+
+
+def load_exported(
+    folder: str | Path, threads: int | None = None, device: str = "cpu"
+) -> tuple[Predict, dict]:
+    """``load_outputs`` for the logits alone: ``predict(x) -> logits``."""
+    run, meta = load_outputs(folder, threads, device)
+    return (lambda x: run(x)[0]), meta
 
 
 def _cpu_only(folder: Path, runtime: str, device: str) -> None:

@@ -188,8 +188,8 @@ def model_facts(model_dir: Path, predictor: Predictor) -> dict:
             c: float(t) for c, t in zip(predictor.labels, predictor.thresholds, strict=True)
         },
         "uncertain_label": UNCERTAIN,
-        # The unknown flag (model/ood.json, PyTorch backend): predictions carry ood_score and
-        # unknown, and label "unknown" above the threshold. None: no scorer.
+        # The unknown flag (model/ood.json, or an export's metadata.json ood block): predictions
+        # carry ood_score and unknown, and label "unknown" above the threshold. None: no scorer.
         "ood": {
             "method": predictor.ood.method,
             "threshold": predictor.ood.threshold,
