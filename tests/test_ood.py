@@ -218,3 +218,39 @@ def test_mahalanobis_fits_features_without_spread():
     feats = torch.ones(6, 8)
     scorer = OODScorer.fit("mahalanobis", feats, torch.tensor([0, 0, 0, 1, 1, 1]))
     assert torch.isfinite(scorer.score(torch.cat([feats, feats + 1]))).all()
+
+
+def test_explain_maps_an_unknown_image_by_its_ood_score(
+    run, ood_data, noise_dir, tmp_path, monkeypatch
+):
+    """An image flagged unknown is explained by where its OOD score comes from, a known one by
+    its class; both give a figure."""
+    import vitft.apps.explain as app
+    from vitft.deploy.explain import unknown_map
+
+    calls = []
+
+    def spy(model, scorer, pixels):
+        cam = unknown_map(model, scorer, pixels)
+        assert torch.isfinite(cam).all() and cam.shape[0] == 1 and float(cam.max()) == 1.0
+        calls.append(tuple(cam.shape))
+        return cam
+
+    monkeypatch.setattr(app, "unknown_map", spy)
+    predictor = Predictor.from_path(run / "model")
+    noise = sorted(noise_dir.glob("*.png"))
+    flagged = [p for p in predictor.predict_files(noise).predictions if p.unknown]
+    known = [p for p in predictor.predict_files(ood_data / "test").predictions if not p.unknown]
+    assert flagged and known
+    inputs = [flagged[0].path, known[0].path]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(
+            "explain",
+            overrides=[f"model_dir={run / 'model'}", f"inputs=[{','.join(inputs)}]",
+                       "methods=[gradcam]"],
+        )  # fmt: skip
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path)
+    written = app.explain(cfg)
+    assert len(written) == 2 and all(p.is_file() for p in written)
+    assert len(calls) == 1  # the unknown image only

@@ -111,6 +111,8 @@ def _ensure_exports(cfg: DictConfig, model_dir: Path, export_dir: Path) -> None:
             "data_dir": cfg.get("data_dir"),
             "calibration_images": cfg.calibration_images,
             "threads": cfg.threads,
+            # Logits only, one backbone pass per image: what the PyTorch side is timed doing.
+            "ood": False,
             "parity": {"fail": False, "batch_size": cfg.get("parity_batch_size") or 1},
         }
     )
