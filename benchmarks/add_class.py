@@ -5,8 +5,9 @@ For each held-out class and seed: the recommended recipe (``experiment=small_dat
 ``model=mobilevit_fractal`` fine-tuned whole) trains on the other classes;
 ``vitft.apps.add_class`` grows the head from n images of the held-out class (drawn from its train
 split, seeded). Scored on the test split: the new class's recall on its test images, and the old
-classes' accuracy on theirs, before and after. Target: the old classes lose 1 point or less. Ends with
-``RESULT add_class <mean change of the old classes' test accuracy, in points, at 5 images>``.
+classes' accuracy on theirs, before and after. Target: the old classes lose 1 point or less.
+Ends with ``RESULT add_class <mean change of the old classes' test accuracy at 5 images, in
+points>``.
 
     python benchmarks/add_class.py [--seeds 0 1 2] [--shots 5 10] [--experiment quickstart]
         [--quick]
