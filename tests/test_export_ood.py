@@ -7,7 +7,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -162,17 +164,42 @@ def test_ood_false_exports_the_logits_alone(model_dir, defect_data, tmp_path, ca
         Predictor(predictor.backend, predictor.labels, None, ood=load_ood(model_dir))
 
 
-@pytest.mark.skipif(not importlib.util.find_spec("litert_torch"), reason="LiteRT not installed")
-def test_tflite_formats_carry_the_score(model_dir, defect_data, noise_dir, tmp_path):
-    cfg = export_cfg(model_dir, defect_data, "formats=[tflite,tflite_int8]")
-    cfg.output_dir = str(tmp_path)
+def tflite_scores(model_dir: Path, data: Path, out: Path, images: list[Path]) -> dict:
+    """Export tflite + tflite_int8 into ``out``; their parity results and the tflite scores."""
+    cfg = export_cfg(model_dir, data, "formats=[tflite,tflite_int8]")
+    cfg.output_dir = str(out)
     results = export(cfg)
+    got = [p.ood_score for p in Predictor.from_path(out / "tflite").predict(images)]
+    return {"results": results, "scores": got}
+
+
+@pytest.mark.slow
+def test_tflite_formats_carry_the_score(model_dir, defect_data, noise_dir, tmp_path):
+    images = _images(defect_data, noise_dir)
+    args = [str(model_dir), str(defect_data), str(tmp_path / "out"), *map(str, images)]
+    if importlib.util.find_spec("litert_torch"):
+        answer = tflite_scores(*map(Path, args[:3]), [Path(a) for a in args[3:]])
+    else:  # LiteRT lives in its own venv (tests/edge-requirements.txt), as in test_export
+        from tests.test_export import edge_python
+
+        script = (
+            "import json, sys; from pathlib import Path;"
+            "from tests.test_export_ood import tflite_scores;"
+            "a = [Path(x) for x in sys.argv[1:]];"
+            "print(json.dumps(tflite_scores(a[0], a[1], a[2], a[3:]), default=float))"
+        )
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "src")])}
+        proc = subprocess.run(
+            [str(edge_python(tmp_path)), "-c", script, *args],
+            cwd=ROOT, env=env, capture_output=True, text=True,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+        answer = json.loads(proc.stdout.strip().splitlines()[-1])
+    results = answer["results"]
     assert results["tflite"]["ood"]["max_rel_diff"] < TOLERANCE["fp32"]
     assert results["tflite_int8"]["ood"]["max_rel_diff"] < 0.1  # its scorer stays float
-    images = _images(defect_data, noise_dir)
     ref = [p.ood_score for p in Predictor.from_path(model_dir).predict(images)]
-    got = [p.ood_score for p in Predictor.from_path(tmp_path / "tflite").predict(images)]
-    np.testing.assert_allclose(got, ref, rtol=1e-4)
+    np.testing.assert_allclose(answer["scores"], ref, rtol=1e-4)
 
 
 def test_ood_parity_measures_against_the_threshold():
