@@ -177,6 +177,18 @@ def edge_python(tmp: Path) -> Path:
     return python
 
 
+def in_edge_venv(tmp: Path, script: str, *args: str):
+    """Run ``python -c script args`` in the edge venv (this checkout importable); its last stdout
+    line, read as JSON."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "src")])}
+    proc = subprocess.run(
+        [str(edge_python(tmp)), "-c", script, *args],
+        cwd=ROOT, env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.slow
 def test_tflite_formats_reload_and_agree(model_dir, tiny_data, tmp_path):
     if importlib.util.find_spec("litert_torch"):
@@ -188,13 +200,7 @@ def test_tflite_formats_reload_and_agree(model_dir, tiny_data, tmp_path):
             "r, out = tflite_export(Path(sys.argv[1]), Path(sys.argv[2]));"
             "print(json.dumps({'results': r, 'out': str(out)}, default=float))"
         )
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "src")])}
-        proc = subprocess.run(
-            [str(edge_python(tmp_path)), "-c", script, str(model_dir), str(tiny_data)],
-            cwd=ROOT, env=env, capture_output=True, text=True,
-        )  # fmt: skip
-        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-        answer = json.loads(proc.stdout.strip().splitlines()[-1])
+        answer = in_edge_venv(tmp_path, script, str(model_dir), str(tiny_data))
         results, out = answer["results"], Path(answer["out"])
     assert results["tflite"]["max_abs_diff"] < 1e-4
     assert results["tflite"]["agreement"] == 1.0

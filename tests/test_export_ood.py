@@ -7,9 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +15,7 @@ import pytest
 
 from tests import test_ood
 from tests.conftest import ROOT, make_cfg
-from tests.test_export import export_cfg
+from tests.test_export import export_cfg, in_edge_venv
 from tests.test_ood import eval_cfg
 from vitft.apps.evaluate import evaluate
 from vitft.apps.export import export
@@ -180,21 +178,13 @@ def test_tflite_formats_carry_the_score(model_dir, defect_data, noise_dir, tmp_p
     if importlib.util.find_spec("litert_torch"):
         answer = tflite_scores(*map(Path, args[:3]), [Path(a) for a in args[3:]])
     else:  # LiteRT lives in its own venv (tests/edge-requirements.txt), as in test_export
-        from tests.test_export import edge_python
-
         script = (
             "import json, sys; from pathlib import Path;"
             "from tests.test_export_ood import tflite_scores;"
             "a = [Path(x) for x in sys.argv[1:]];"
             "print(json.dumps(tflite_scores(a[0], a[1], a[2], a[3:]), default=float))"
         )
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "src")])}
-        proc = subprocess.run(
-            [str(edge_python(tmp_path)), "-c", script, *args],
-            cwd=ROOT, env=env, capture_output=True, text=True,
-        )  # fmt: skip
-        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-        answer = json.loads(proc.stdout.strip().splitlines()[-1])
+        answer = in_edge_venv(tmp_path, script, *args)
     results = answer["results"]
     assert results["tflite"]["ood"]["max_rel_diff"] < TOLERANCE["fp32"]
     assert results["tflite_int8"]["ood"]["max_rel_diff"] < 0.1  # its scorer stays float
