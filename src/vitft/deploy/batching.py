@@ -3,11 +3,16 @@
 Requests put preprocessed images on one queue; a single worker takes up to ``max_size`` of them,
 waiting at most ``max_wait_ms`` for more after the first, and runs them as one forward pass.
 Concurrent clients then share forward passes instead of fighting over the cores.
+
+A failure stays with the image that caused it: when a batch fails, its images are run one by one
+so that the others are still answered. The worker task is restarted if it ever ends, and every
+caller waits with a timeout, so a stuck or dead worker is a 504 and a 503 on /ready, never a hang.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +21,8 @@ from dataclasses import dataclass
 import torch
 
 from vitft.core.errors import VitftError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -27,8 +34,8 @@ class _Item:
 class MicroBatcher:
     """Batch single images from many requests into forward passes of ``fn``.
 
-    ``fn`` maps ``(N, 3, H, W)`` pixels to ``(N, C)`` probabilities; it always runs on one
-    dedicated thread, so a backend never sees two calls at once.
+    ``fn`` maps ``(N, 3, H, W)`` pixels to ``(N, C)`` outputs; it always runs on one dedicated
+    thread, so a backend never sees two calls at once. ``on_batch`` is told each pass's size.
     """
 
     def __init__(
@@ -36,6 +43,7 @@ class MicroBatcher:
         fn: Callable[[torch.Tensor], torch.Tensor],
         max_size: int = 16,
         max_wait_ms: float = 5.0,
+        on_batch: Callable[[int], None] | None = None,
     ):
         if max_size < 1:
             raise VitftError(f"batch.max_size={max_size} must be >= 1")
@@ -44,34 +52,83 @@ class MicroBatcher:
         self.fn = fn
         self.max_size = int(max_size)
         self.max_wait = float(max_wait_ms) / 1000
+        self.on_batch = on_batch
         self.batch_sizes: list[int] = []  # recent forward-pass sizes, for /metadata and tests
+        self.restarts = 0
         self._queue: asyncio.Queue[_Item] | None = None
         self._task: asyncio.Task | None = None
+        self._stopping = False
+        self._forward_since: float | None = None  # monotonic start of the running pass
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vitft-forward")
 
     async def start(self) -> None:
         self._queue = asyncio.Queue()
-        self._task = asyncio.create_task(self._worker())
+        self._stopping = False
+        self._spawn()
+
+    def _spawn(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._worker())
+        self._task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task) -> None:
+        if self._stopping or task.cancelled():
+            return
+        err = task.exception()
+        log.error("batch worker ended (%r); restarting it", err, exc_info=err)
+        self.restarts += 1
+        self._spawn()
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
             try:
-                await self._task
-            except asyncio.CancelledError:
+                await asyncio.wait_for(self._task, 10)
+            except (asyncio.CancelledError, asyncio.TimeoutError):
                 pass
-        self._pool.shutdown(wait=True)
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
-    async def submit(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Probabilities ``(N, C)`` for ``pixels`` ``(N, 3, H, W)``, batched with other callers."""
-        assert self._queue is not None, "MicroBatcher.start() was not awaited"
+    @property
+    def alive(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    @property
+    def depth(self) -> int:
+        """Images waiting for a forward pass."""
+        return self._queue.qsize() if self._queue is not None else 0
+
+    def stalled(self, limit_s: float) -> bool:
+        """Whether the running forward pass has taken longer than ``limit_s``."""
+        since = self._forward_since
+        return since is not None and time.monotonic() - since > limit_s
+
+    async def submit_each(
+        self, images: list[torch.Tensor], timeout_s: float = 60.0
+    ) -> list[torch.Tensor | Exception]:
+        """The output row of each ``(3, H, W)`` image, or the exception that image raised."""
+        if self._queue is None:
+            raise VitftError("MicroBatcher.start() was not awaited")
         loop = asyncio.get_running_loop()
         futures = []
-        for image in pixels:
+        for image in images:
             fut = loop.create_future()
             self._queue.put_nowait(_Item(image, fut))
             futures.append(fut)
-        return torch.stack(await asyncio.gather(*futures))
+        try:
+            return await asyncio.wait_for(
+                asyncio.gather(*futures, return_exceptions=True), timeout_s
+            )
+        finally:
+            for fut in futures:  # timed out: the worker skips what nobody waits for
+                fut.cancel()
+
+    async def submit(self, pixels: torch.Tensor, timeout_s: float = 60.0) -> torch.Tensor:
+        """Outputs ``(N, C)`` for ``pixels`` ``(N, 3, H, W)``; the first failure is raised."""
+        rows = await self.submit_each(list(pixels), timeout_s)
+        for row in rows:
+            if isinstance(row, BaseException):
+                raise row
+        return torch.stack(rows)
 
     async def _collect(self) -> list[_Item]:
         assert self._queue is not None
@@ -93,24 +150,52 @@ class MicroBatcher:
         return items
 
     async def _worker(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             items = await self._collect()
             live = [it for it in items if not it.future.done()]  # the client may have gone
-            if not live:
-                continue
-            batch = torch.stack([it.pixels for it in live])
             try:
-                probs = await loop.run_in_executor(self._pool, self.fn, batch)
-            except Exception as err:  # noqa: BLE001  (handed to every waiting request)
-                for it in live:
-                    if not it.future.done():
-                        it.future.set_exception(err)
-                continue
-            self.batch_sizes = [*self.batch_sizes[-999:], len(live)]
-            for it, row in zip(live, probs, strict=True):
-                if not it.future.done():
-                    it.future.set_result(row)
+                if live:
+                    await self._answer(live)
+            except Exception as err:  # noqa: BLE001  (kept with these images; the loop goes on)
+                log.exception("batch of %d failed outside the forward pass", len(live))
+                _settle(live, [err] * len(live))
+
+    async def _forward(self, batch: torch.Tensor) -> torch.Tensor:
+        self._forward_since = time.monotonic()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, self.fn, batch)
+        finally:
+            self._forward_since = None
+
+    async def _answer(self, live: list[_Item]) -> None:
+        try:
+            out = await self._forward(torch.stack([it.pixels for it in live]))
+            rows: list = list(out.unbind(0))
+            if len(rows) != len(live):
+                raise VitftError(f"the model gave {len(rows)} rows for {len(live)} images")
+        except Exception as err:  # noqa: BLE001
+            if len(live) == 1:
+                _settle(live, [err])
+                return
+            # One bad image must not fail the others: run each alone to find which one it is.
+            log.warning("batch of %d failed (%s); running its images one by one", len(live), err)
+            for it in live:
+                await self._answer([it])
+            return
+        self.batch_sizes = [*self.batch_sizes[-999:], len(live)]
+        if self.on_batch is not None:
+            self.on_batch(len(live))
+        _settle(live, rows)
+
+
+def _settle(items: list[_Item], results: list) -> None:
+    for it, res in zip(items, results, strict=True):
+        if it.future.done():
+            continue
+        if isinstance(res, BaseException):
+            it.future.set_exception(res)
+        else:
+            it.future.set_result(res)
 
 
 class ConcurrencyLimit:
