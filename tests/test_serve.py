@@ -78,7 +78,7 @@ def test_metadata_and_page(model_dir):
     assert meta["classes"] == LABELS and meta["format"] == "pytorch"
     assert meta["thresholds"] == {c: 0.5 for c in LABELS}
     assert meta["model_sha256"] == sha256(model_dir / "model.safetensors")
-    assert meta["vitft_version"] and meta["heatmap"] is True
+    assert meta["vitft_version"] and meta["heatmap"] is True and "model_dir" not in meta
     assert meta["limits"]["max_concurrency"] == 3
     assert page.status_code == 200 and 'id="drop"' in page.text
 
@@ -121,8 +121,8 @@ def test_back_pressure_429_when_over_the_concurrency_limit(model_dir):
 
     predictor.probabilities = slow
     app = create_app(model_dir, predictor, ServeSettings(max_concurrency=1))
+    gate.set()  # let the warm-up through
     with TestClient(app) as c:
-        gate.set()  # let the warm-up through
         gate.clear()
         first: dict = {}
         t = threading.Thread(

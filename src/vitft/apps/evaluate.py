@@ -1,7 +1,8 @@
 """evaluate(cfg): a trained model on one split of a folder dataset, as numbers and pictures.
 
-model (dir or checkpoint) + data split -> Predictor -> probabilities -> metrics.json,
-predictions.csv, figures (confusion, PR/ROC, reliability, worst errors, heatmaps) -> report.html
+model (dir or checkpoint) + data split -> Predictor -> probabilities -> metrics (+ with ok
+classes the escape / false-reject view, ``evaluate_inspection``) -> metrics.json, predictions.csv,
+figures (confusion, PR/ROC, reliability, worst errors, heatmaps, escape curve) -> report.html
 (+ W&B with logger=wandb). Metrics come from torchmetrics on the same probabilities the CSV holds.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ from torchmetrics.functional.classification import (
     multiclass_roc,
 )
 
+from vitft.apps.evaluate_inspection import inspection
 from vitft.apps.evaluate_multilabel import evaluate_multilabel, summary_line
 from vitft.apps.evaluate_ood import ood_metrics
 from vitft.core import html, plots
@@ -53,7 +56,7 @@ FIGURES = {
     "reliability": "reliability diagram (calibration)",
     "errors": "worst misclassified images",
     "heatmaps": "where the model looked (attention rollout, Grad-CAM)",
-}
+}  # and escape_curve, captioned with its operating point (evaluate_inspection)
 
 
 def compute_metrics(
@@ -119,15 +122,15 @@ def _class_map(data_classes: list[str], model_labels: list[str]) -> list[int]:
     return [model_labels.index(c) for c in data_classes]
 
 
-def _samples(cfg: Any) -> tuple[Path, list[str], list[tuple[Path, int]]]:
+def _samples(cfg: Any, split: str) -> tuple[Path, list[str], list[tuple[Path, int]]]:
     """(root, classes, samples) to evaluate on.
 
     - The model's run split (``<run>/split_manifest.csv``) when ``cfg.data`` is the run's own
       dataset or was not set: the very files training held out (``own_run``).
     - A folder without train/ (e.g. images from a new production line): its class folders.
-    - Any other train/val/test dataset: its ``cfg.split``, split as configured.
+    - Any other train/val/test dataset: its ``split``, split as configured.
     """
-    data, split = cfg.data, cfg.split
+    data = cfg.data
     root = Path(data.data_dir).expanduser()
     run = own_run(cfg)
     if run is not None:
@@ -136,6 +139,11 @@ def _samples(cfg: Any) -> tuple[Path, list[str], list[tuple[Path, int]]]:
         classes = class_folders(root)
         if not classes:
             raise VitftError(f"{root} has neither train/ nor class folders to evaluate on")
+        if split != cfg.split:  # the val images max_escape chooses on, never the evaluated ones
+            raise VitftError(
+                f"{root} is one set of class folders, with no {split} split apart from the "
+                f"evaluated images: evaluate the run's own split, or a dataset with {split}/"
+            )
         samples = [(p, i) for i, c in enumerate(classes) for p in list_images(root / c)[0]]
         return root, classes, samples
     splits = scan_data(data, multilabel=False)
@@ -144,17 +152,20 @@ def _samples(cfg: Any) -> tuple[Path, list[str], list[tuple[Path, int]]]:
 
 def write_predictions_csv(path: Path, results: Results, true: list[str], labels: list[str]) -> Path:
     ood = any(p.ood_score is not None for p in results.predictions)
+    verdict = any(p.p_defective is not None for p in results.predictions)
     with path.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(
             ["path", "true", "predicted", "confidence", *[f"prob_{c}" for c in labels]]
             + (["ood_score", "unknown"] if ood else [])
+            + (["p_defective", "defective"] if verdict else [])
         )
         for p, t in zip(results.predictions, true, strict=True):
             w.writerow(
                 [p.path, t, p.predicted, f"{p.confidence:.8f}"]
                 + [f"{p.probs[c]:.8f}" for c in labels]
                 + ([f"{p.ood_score:.6g}", int(bool(p.unknown))] if ood else [])
+                + ([f"{p.p_defective:.8f}", int(bool(p.defective))] if verdict else [])
             )
     return path
 
@@ -247,6 +258,30 @@ def _resolved(cfg) -> dict:
     return OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
 
 
+@dataclass
+class Scored:
+    """One split, predicted: its results, their probabilities and true classes (model indices)."""
+
+    root: Path
+    results: Results
+    probs: torch.Tensor
+    target: torch.Tensor
+
+
+def predict_split(cfg: Any, predictor: Predictor, split: str) -> Scored:
+    """Predict ``split`` of the data (see ``_samples``) with ``predictor``."""
+    root, data_classes, samples = _samples(cfg, split)
+    to_model = _class_map(data_classes, predictor.labels)
+    log.info("evaluating on %s (%s): %d images", root, split, len(samples))
+    results = predictor.predict_files([p for p, _ in samples], progress=cfg.get("progress"))
+    if not results.predictions:
+        raise VitftError(f"no readable images in {root} ({split})")
+    true_of = {str(p): to_model[y] for p, y in samples}
+    probs = torch.tensor([[p.probs[c] for c in predictor.labels] for p in results.predictions])
+    target = torch.tensor([true_of[p.path] for p in results.predictions])
+    return Scored(root, results, probs, target)
+
+
 def evaluate(cfg: Any) -> dict[str, Any]:
     """Evaluate ``cfg.model_dir`` or ``cfg.ckpt_path`` on ``cfg.split`` of ``cfg.data``."""
     transformers.utils.logging.disable_progress_bar()
@@ -261,102 +296,128 @@ def evaluate(cfg: Any) -> dict[str, Any]:
         batch_size=int(data.eval_batch_size),
         num_workers=loader_options(data.num_workers, False)["num_workers"],
     )
-    labels = predictor.labels
     if predictor.multilabel:
         metrics, figures, rows = evaluate_multilabel(cfg, predictor, out_dir)
         return _publish(cfg, out_dir, metrics, figures, rows, summary_line(metrics))
-    root, data_classes, samples = _samples(cfg)
-    to_model = _class_map(data_classes, labels)
-    log.info("evaluating on %s (%s): %d images", root, cfg.split, len(samples))
-    results = predictor.predict_files([p for p, _ in samples], progress=cfg.get("progress"))
-    if not results.predictions:
-        raise VitftError(f"no readable images in {root} ({cfg.split})")
-    true_of = {str(p): to_model[y] for p, y in samples}
-    probs = torch.tensor([[p.probs[c] for c in labels] for p in results.predictions])
-    target = torch.tensor([true_of[p.path] for p in results.predictions])
-    pred = probs.argmax(-1)
-    metrics = compute_metrics(probs, target, labels, int(cfg.ece_bins))
+    scored = predict_split(cfg, predictor, cfg.split)
+    metrics = _split_metrics(cfg, predictor, scored)
+    view = inspection(
+        cfg, predictor, scored.results, scored.probs, scored.target, _val(cfg, predictor, scored)
+    )
+    metrics.update(view.metrics if view else {})
+    ood = ood_metrics(predictor, scored.results, cfg.get("ood_dir"), cfg)
+    if ood:
+        metrics["ood"] = ood
+    labels = predictor.labels
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    true_names = [labels[t] for t in scored.target.tolist()]
+    write_predictions_csv(out_dir / "predictions.csv", scored.results, true_names, labels)
+    figures = _figures(cfg, predictor, scored, metrics, out_dir)
+    if view:
+        figures["escape_curve"] = (
+            plots.save(view.figure(), out_dir / "escape_curve.png"),
+            view.caption(),
+        )
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))  # + heatmaps status
+    rows = [
+        [p.path, t, p.predicted, round(p.confidence, 4)]
+        for p, t in zip(scored.results.predictions, true_names, strict=True)
+    ]
+    return _publish(cfg, out_dir, metrics, figures, rows, _summary(metrics))
+
+
+def _val(cfg: Any, predictor: Predictor, scored: Scored):
+    """() -> (probabilities, targets) of the val split: the evaluated one when it is val."""
+
+    def val() -> tuple[torch.Tensor, torch.Tensor]:
+        held_out = scored if cfg.split == "val" else predict_split(cfg, predictor, "val")
+        return held_out.probs, held_out.target
+
+    return val
+
+
+def _split_metrics(cfg: Any, predictor: Predictor, scored: Scored) -> dict[str, Any]:
+    """compute_metrics, plus what was evaluated and how (and int8's fp32 reference)."""
+    metrics = compute_metrics(scored.probs, scored.target, predictor.labels, int(cfg.ece_bins))
+    backend = predictor.backend
     metrics.update(
         {
             "split": cfg.split,
-            "data_dir": str(root),
+            "data_dir": str(scored.root),
             "model": str(cfg.get("model_dir") or cfg.get("ckpt_path")),
-            "classes": labels,
-            "bad_files": [{"path": b.path, "reason": b.reason} for b in results.bad_files],
+            "classes": predictor.labels,
+            "bad_files": [{"path": b.path, "reason": b.reason} for b in scored.results.bad_files],
             "tta": bool(cfg.get("tta")),
-            "backend": {"format": predictor.backend.name, "precision": predictor.backend.precision},
-            **_fp32_reference(predictor, results, target, cfg),
+            "backend": {
+                "format": backend.name,
+                "precision": backend.precision,
+                "providers": list(backend.providers),  # what really ran it (e.g. CUDA)
+            },
+            **_fp32_reference(predictor, scored.results, scored.target, cfg),
         }
     )
-    ood = ood_metrics(predictor, results, cfg.get("ood_dir"), cfg)
-    if ood:
-        metrics["ood"] = ood
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    true_names = [labels[t] for t in target.tolist()]
-    write_predictions_csv(out_dir / "predictions.csv", results, true_names, labels)
+    return metrics
 
-    conf = probs.max(-1).values
-    figures: dict[str, Path] = {}
+
+def _figures(cfg, predictor: Predictor, scored: Scored, metrics: dict, out_dir: Path) -> dict:
+    """The PNGs of one split: {name: (path, caption)}; sets ``metrics["heatmaps"]``."""
+    labels, probs, target = predictor.labels, scored.probs, scored.target
+    figures: dict[str, tuple[Path, str]] = {}
 
     def add(name: str, fig) -> None:
-        figures[name] = plots.save(fig, out_dir / f"{name}.png")
+        figures[name] = (plots.save(fig, out_dir / f"{name}.png"), FIGURES[name])
 
     add("confusion_matrix", plots.confusion_matrix(np.array(metrics["confusion_matrix"]), labels))
     pc = metrics["per_class"]
-    ap = {c: pc[c]["average_precision"] for c in labels}
-    add("pr_curves", plots.curves(_curves(probs, target, labels, "pr"), ap, "pr"))
-    auc = {c: pc[c]["auroc"] for c in labels}
-    add("roc_curves", plots.curves(_curves(probs, target, labels, "roc"), auc, "roc"))
+    for kind in ("pr", "roc"):
+        area = {c: pc[c]["average_precision" if kind == "pr" else "auroc"] for c in labels}
+        add(f"{kind}_curves", plots.curves(_curves(probs, target, labels, kind), area, kind))
+    conf, pred = probs.max(-1)
     add(
         "reliability",
         plots.reliability(
             conf.numpy(), (pred == target).numpy(), int(cfg.ece_bins), metrics["ece"]
         ),
     )
+    titles = [
+        f"{Path(p.path).name}\ntrue {labels[t]} / pred {labels[k]} {c:.2f}"
+        for p, t, k, c in zip(scored.results.predictions, target, pred, conf, strict=True)
+    ]
     wrong = (pred != target).nonzero().flatten()
     worst = wrong[conf[wrong].argsort(descending=True)][: int(cfg.errors_max)].tolist()
-    paths = [results.predictions[i].path for i in worst]
+    images = [load_image(scored.results.predictions[i].path) for i in worst]
     add(
         "errors",
         plots.image_grid(
-            [load_image(p) for p in paths],
-            [
-                f"{Path(p).name}\ntrue {true_names[i]} / pred {labels[pred[i]]} {conf[i]:.2f}"
-                for p, i in zip(paths, worst, strict=True)
-            ],
-            suptitle=f"{len(wrong)} of {len(target)} misclassified; "
-            f"the most confident {len(worst)}",
+            images,
+            [titles[i] for i in worst],
+            suptitle=f"{len(wrong)} of {len(target)} misclassified; the most confident "
+            f"{len(worst)}",
         ),
     )
     metrics["heatmaps"] = "none: explain.per_class=0"
     if cfg.explain.get("per_class", 0) > 0:
         picks = _heatmap_samples(target, pred, int(cfg.explain.per_class))
-        titles = [
-            f"{Path(results.predictions[i].path).name}\ntrue {true_names[i]} / pred "
-            f"{labels[pred[i]]} {conf[i]:.2f}"
-            for i in picks
-        ]
+        paths = [scored.results.predictions[i].path for i in picks]
         fig, metrics["heatmaps"] = _heatmaps(
-            predictor, [results.predictions[i].path for i in picks], titles, pred[picks],
-            cfg.explain,
-        )  # fmt: skip
+            predictor, paths, [titles[i] for i in picks], pred[picks], cfg.explain
+        )
         if fig is not None:
             add("heatmaps", fig)
+    return figures
 
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))  # + heatmaps status
-    rows = [
-        [p.path, t, p.predicted, round(p.confidence, 4)]
-        for p, t in zip(results.predictions, true_names, strict=True)
-    ]
+
+def _summary(metrics: dict) -> str:
+    """The console line: headline metrics, then the escape and OOD figures when there are any."""
     summary = ", ".join(
         f"{k} {metrics[k]:.3f}"
-        for k in ("accuracy", "f1_macro", "auroc_macro", "ece")
-        if metrics[k] is not None
+        for k in ("accuracy", "f1_macro", "auroc_macro", "ece", "escape_rate", "false_reject_rate")
+        if metrics.get(k) is not None
     )
+    ood = metrics.get("ood") or {}
     if "auroc" in ood:
         summary += f", ood auroc {ood['auroc']:.3f} (false-accept {ood['false_accept']:.3f})"
-    captioned = {name: (path, FIGURES[name]) for name, path in figures.items()}
-    return _publish(cfg, out_dir, metrics, captioned, rows, summary)
+    return summary
 
 
 def _publish(cfg, out_dir: Path, metrics: dict, figures: dict, rows: list, summary: str) -> dict:

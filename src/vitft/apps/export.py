@@ -25,6 +25,7 @@ from vitft.deploy.runtime import load_outputs, torch_outputs
 from vitft.modelio.card import update_card_exports
 from vitft.modelio.hf import load_model, multilabel_facts
 from vitft.modelio.ood import has_ood, load_ood
+from vitft.modelio.operating_point import load_operating_point
 from vitft.models.multilabel import is_multilabel
 from vitft.models.ood import ScoredClassifier
 from vitft.models.resolution import set_image_size
@@ -50,6 +51,7 @@ def export(cfg: DictConfig) -> dict[str, dict]:
     multilabel = is_multilabel(model.config)
     # Multi-label exports carry the tuned thresholds; parity compares label sets with them.
     label_facts = multilabel_facts(model_dir, model.labels) if multilabel else {}
+    point = load_operating_point(model_dir, model.labels)  # the Predictor applies it to logits
     par = cfg.parity
     data_dir = cfg.get("data_dir")
     images = model_images(
@@ -80,6 +82,7 @@ def export(cfg: DictConfig) -> dict[str, dict]:
                 model_dir=model_dir,
                 outputs=output_names(net),
                 ood=scorer,
+                operating_point=point,
                 description=spec.description,
                 batch="dynamic" if spec.runtime != "litert" else 1,
                 opset=cfg.opset if spec.runtime == "onnxruntime" else None,

@@ -22,10 +22,13 @@ from omegaconf import DictConfig, OmegaConf
 from vitft.core.errors import VitftError
 from vitft.data.transforms import processor_facts
 from vitft.deploy.ood import fit_scorer
+from vitft.deploy.operating_point import fit_operating_point
 from vitft.modelio.checkpoint import check_labels
 from vitft.modelio.ood import save_ood
+from vitft.modelio.operating_point import save_operating_point
 from vitft.models.classifier import build_model
 from vitft.models.ood import views_for
+from vitft.models.operating_point import check_ok_classes
 from vitft.run.rundir import Run
 from vitft.training import checkpoints, tracking
 from vitft.training.batch_size import AUTO, auto_batch_size
@@ -89,6 +92,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
 
     # 1. files (folders, manifest or HF dataset) -> screened train/val/test splits
     splits = screened_splits(cfg, run.root)
+    ok_classes = check_ok_classes(cfg.task.get("ok_classes"), splits.classes)  # before, not after
     if ckpt_path:
         check_labels(ckpt_path, splits.classes)
 
@@ -139,6 +143,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         meta |= {"multilabel": True, "thresholds": thresholds} if thresholds else {}
         run.finish(module.model, processor, {**processor_facts(processor), **meta}, summary)
         _fit_ood(cfg, module.model, processor, splits, datamodule.eval_batch_size, run.model_dir)
+        _operating_point(cfg, ok_classes, module.model, processor, splits, run.model_dir)
         card = {"classes": splits.classes, "metrics": metrics, "provenance": provenance}
         run.publish(cfg, resolved, loggers, **card)
         log.info("run dir: %s", run.root)
@@ -166,6 +171,18 @@ def _fit_ood(cfg: DictConfig, model, processor, splits, batch_size, model_dir: P
         views=views_for(str(ood.get("views", "auto")), cfg.data.get("augment")),
     )
     save_ood(scorer, model_dir)
+
+
+def _operating_point(cfg: DictConfig, ok_classes, model, processor, splits, model_dir) -> None:
+    """The inspection threshold (``task.ok_classes``, ``max_escape``) on val, into ``model_dir``."""
+    if not ok_classes or cfg.get("max_escape") is None or splits.multilabel:
+        return
+    if not splits.split("val"):
+        log.warning("operating point: no val images to choose the threshold on; none stored")
+        return
+    point = fit_operating_point(model, processor, splits.split("val"), ok_classes, cfg.max_escape)
+    if point is not None:
+        save_operating_point(point, model_dir)
 
 
 def _summary(

@@ -59,6 +59,8 @@ def write_report(path: Path, metrics: dict[str, Any], figures: dict[str, tuple[P
                  ("weighted F1", metrics["f1_weighted"]), ("macro AUROC", metrics["auroc_macro"]),
                  ("ECE", metrics["ece"])]  # fmt: skip
     cards += [(k.replace("_", " "), v) for k, v in metrics.items() if k.startswith("top")]
+    inspection = {"escape_rate": "escape rate", "false_reject_rate": "false-reject rate"}
+    cards += [(name, metrics[k]) for k, name in inspection.items() if k in metrics]
     cards_html = "".join(
         f'<div class="card">{escape(k)}<b>{"n/a" if v is None else f"{v:.3f}"}</b></div>'
         for k, v in cards

@@ -89,6 +89,40 @@ def curves(
     return fig
 
 
+def escape_curve(
+    false_reject: np.ndarray,
+    escape: np.ndarray,
+    chosen: tuple[float, float] | None,
+    chosen_label: str,
+    argmax: tuple[float, float],
+    max_escape: float | None,
+    title: str,
+) -> Figure:
+    """Inspection: escape rate against false-reject rate as the threshold on P(defective) moves,
+    the chosen point and the top-class decision marked; the right panel zooms into low escapes."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
+    top = max(0.2, 3 * (max_escape or 0), 1.5 * (chosen[1] if chosen else 0))
+    for ax, ylim in zip(axes, (1.0, top), strict=True):
+        ax.plot(false_reject, escape, "-", color="tab:blue", lw=1.5, label="thresholds")
+        ax.plot(*argmax, "s", color="gray", markeredgecolor="k", label="top class decides")
+        if max_escape is not None:
+            ax.axhline(
+                max_escape, color="tab:red", ls="--", lw=0.9, label=f"max_escape {max_escape:g}"
+            )
+        if chosen is not None:
+            here = f"here: escape {chosen[1]:.3f}, false reject {chosen[0]:.3f}"
+            ax.plot(*chosen, "o", color="tab:red", markersize=8, markeredgecolor="k",
+                    label=f"{chosen_label}\n{here}")  # fmt: skip
+        ax.set(xlim=(-0.01, 1.01), ylim=(-0.005 * ylim * 2, ylim * 1.02))
+        ax.set(xlabel="false-reject rate (ok parts called defective)")
+        ax.grid(alpha=0.3)
+    axes[0].set(ylabel="escape rate (defective parts called ok)", title=title)
+    axes[1].set(title=f"escape rate up to {top:.2f}")
+    axes[1].legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def confusion_grid(confusion: dict[str, np.ndarray], cols: int = 4) -> Figure:
     """Multi-label: one 2x2 matrix per class, rows true absent/present, columns predicted."""
     names = list(confusion)

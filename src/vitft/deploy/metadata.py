@@ -2,7 +2,8 @@
 
 Every export folder holds one model file plus this file: labels, input size, normalisation, the
 format, the outputs, the sha256 of the source model weights (so a deployed file can be traced to
-its run) and, when the graph computes the OOD score, the threshold that makes it the unknown flag.
+its run), when the graph computes the OOD score, the threshold that makes it the unknown flag, and
+the inspection operating point (ok classes and the threshold on P(defective)) of the model dir.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from vitft.core.errors import VitftError
 from vitft.core.files import sha256
 from vitft.deploy.onnx import INPUT_NAME, OOD_OUTPUT, OUTPUT_NAME
 from vitft.models.ood import OODScorer
+from vitft.models.operating_point import OperatingPoint
 
 METADATA_FILE = "metadata.json"
 PARITY_FILE = "parity.json"
@@ -40,10 +42,12 @@ def build_metadata(
     model_dir: str | Path | None,
     outputs: list[str] | None = None,
     ood: OODScorer | None = None,
+    operating_point: OperatingPoint | None = None,
     **extra: Any,
 ) -> dict:
     """The metadata of one exported format; ``facts`` is ``processor_facts(processor)``,
-    ``outputs`` the graph's (``onnx.output_names``), ``ood`` the scorer inside the graph."""
+    ``outputs`` the graph's (``onnx.output_names``), ``ood`` the scorer inside the graph,
+    ``operating_point`` the model dir's (applied to the graph's logits by the Predictor)."""
     return {
         "format": fmt,
         "precision": precision,
@@ -58,6 +62,7 @@ def build_metadata(
         "output_name": OUTPUT_NAME,
         "outputs": list(outputs or [OUTPUT_NAME]),
         "ood": ood_block(ood) if ood is not None else None,
+        "operating_point": operating_point.to_dict() if operating_point is not None else None,
         "source_model": str(model_dir) if model_dir else None,
         "source_sha256": source_sha256(model_dir) if model_dir else None,
         "vitft_version": __version__,
@@ -110,6 +115,12 @@ def metadata_scorer(meta: dict) -> OODScorer | None:
         acceptance=block.get("acceptance"),
         info=block.get("facts"),
     )
+
+
+def metadata_operating_point(meta: dict) -> OperatingPoint | None:
+    """The export's ``operating_point`` block (None without one)."""
+    block = meta.get("operating_point")
+    return OperatingPoint.from_dict(block, f"{METADATA_FILE} operating_point") if block else None
 
 
 def output_names_of(meta: dict) -> list[str]:

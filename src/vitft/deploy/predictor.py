@@ -5,7 +5,8 @@ A backend is anything that maps a float32 pixel batch ``(N, 3, H, W)`` to logits
 the same for every backend: decoding (``load_image``), the model's own preprocessing
 (``ImageTransform``), batching, test-time augmentation, the reject option, the unknown flag (an
 OOD score on the backbone features, from the PyTorch model or an export that computes it) and
-bad-file handling.
+bad-file handling, and with an inspection operating point (``task.ok_classes`` + a threshold
+on P(defective), ``vitft.models.operating_point``) the defective verdict.
 Never imports Lightning: a checkpoint is read with ``torch.load(weights_only=True)``.
 """
 
@@ -29,12 +30,14 @@ from vitft.data.folder import list_images
 from vitft.data.images import load_image
 from vitft.data.transforms import ImageTransform
 from vitft.deploy.backends import Backend, ExportedBackend, TorchBackend
-from vitft.deploy.metadata import METADATA_FILE, metadata_scorer
+from vitft.deploy.metadata import METADATA_FILE, metadata_operating_point, metadata_scorer
 from vitft.modelio.checkpoint import load_classifier
 from vitft.modelio.hf import model_info
 from vitft.modelio.ood import has_ood, load_ood
+from vitft.modelio.operating_point import load_operating_point
 from vitft.models.multilabel import DEFAULT_THRESHOLD, decide, is_multilabel, label_sets
 from vitft.models.ood import OODScorer
+from vitft.models.operating_point import OperatingPoint, check_ok_classes
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +76,11 @@ class Prediction:
     # the training data; unknown: above the scorer's threshold (then label is "unknown"). Else None.
     ood_score: float | None = None
     unknown: bool | None = None
+    # With an operating point (model/operating_point.json, or an export's metadata): P(defective)
+    # = 1 - sum of the ok classes' probabilities, and defective = p_defective >= its threshold.
+    # ``label`` stays the class decision: an ok label can come with defective=True. Else None.
+    p_defective: float | None = None
+    defective: bool | None = None
 
 
 @dataclass
@@ -158,6 +166,7 @@ class Predictor:
         multilabel: bool = False,
         tuned_thresholds: dict[str, float] | None = None,
         ood: OODScorer | None = None,
+        operating_point: OperatingPoint | None = None,
     ):
         self.backend = backend
         if ood is not None and not backend.scores_ood:
@@ -181,6 +190,11 @@ class Predictor:
             per_class = {c: float(tuned.get(c, default)) for c in self.labels}
         per_class.update({c: float(t) for c, t in (class_thresholds or {}).items()})
         self.thresholds = torch.tensor([per_class[c] for c in self.labels])
+        if operating_point is not None:
+            if multilabel:
+                raise VitftError("an operating point (ok_classes) is for single-label models")
+            check_ok_classes(operating_point.ok_classes, self.labels, "operating point ok_classes")
+        self.operating_point = operating_point
 
     @classmethod
     def from_path(
@@ -206,16 +220,18 @@ class Predictor:
                     meta.get("source_model"),
                 )
             processor = AutoImageProcessor.from_pretrained(model_dir)
-            return cls(
-                backend, meta["labels"], processor, **_multilabel_args(meta), ood=scorer, **kwargs
-            )
+            point = metadata_operating_point(meta)
+            args = {**_multilabel_args(meta), "ood": scorer, "operating_point": point}
+            return cls(backend, meta["labels"], processor, **{**args, **kwargs})
         model, processor = load_classifier(model_dir, ckpt_path)
         meta = {"multilabel": is_multilabel(model.config)}
         if model_dir:
             meta.update(model_info(model_dir))
         backend = TorchBackend(model, device)
         scorer = load_ood(model_dir) if ood and has_ood(model_dir) else None
-        return cls(backend, model.labels, processor, **_multilabel_args(meta), ood=scorer, **kwargs)
+        point = load_operating_point(model_dir, model.labels)
+        args = {**_multilabel_args(meta), "ood": scorer, "operating_point": point}
+        return cls(backend, model.labels, processor, **{**args, **kwargs})
 
     def probabilities(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Softmax (multi-label: per-class sigmoid) probabilities ``(N, classes)``, averaged over
@@ -284,11 +300,17 @@ class Predictor:
         ms: list[float],
         ood_scores: torch.Tensor | None = None,
     ) -> list[Prediction]:
-        """One Prediction per row of ``probs`` (labels, reject option, unknown flag, latency)."""
+        """One Prediction per row of ``probs`` (labels, reject option, unknown flag, defective
+        verdict, latency)."""
         if self.multilabel:
             out = self._label_sets(paths, probs, ms)
         else:
             out = self._single_label(paths, probs, ms)
+        point = self.operating_point
+        if point is not None:
+            scores = point.scores(probs, self.labels)
+            for p, score, bad in zip(out, scores.tolist(), point.defective(scores), strict=True):
+                p.p_defective, p.defective = score, bool(bad)
         if ood_scores is not None and self.ood is not None:
             unknown = self.ood.unknown(ood_scores)
             for i, p in enumerate(out):

@@ -113,6 +113,7 @@ def model_facts(model_dir: Path, predictor: Predictor) -> dict:
         "format": fmt,
         "precision": precision,
         "runtime": runtime,
+        "providers": list(predictor.backend.providers),  # what really runs it (e.g. CUDA)
         "model_file": weights.name,
         "model_sha256": sha256(weights) if weights.is_file() else None,
         "classes": predictor.labels,
@@ -213,7 +214,7 @@ class Service:
         await self.batcher.start()
         size = self.predictor.transform(Image.new("RGB", (8, 8))).shape
         # warm-up: the first pass is the slowest; the reference needs the model too
-        await self.batcher.submit(torch.zeros(1, *size), self.settings.timeout_s)
+        await self.batcher.submit(torch.zeros(1, *size), max(self.settings.timeout_s, 300))
         s = self.settings
         ref = await self.in_pool(
             drift_reference, self.predictor, s.drift_reference, s.drift_reference_max, wait=None
@@ -232,6 +233,14 @@ class Service:
         future = asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
         try:
             return await asyncio.wait_for(future, wait)
+        except asyncio.TimeoutError as err:
+            raise BadInput(
+                504, f"no answer within timeout_s={self.settings.timeout_s:g} s"
+            ) from err
+
+    async def forward(self, images: list[torch.Tensor]) -> list[torch.Tensor | Exception]:
+        try:
+            return await self.batcher.submit_each(images, self.settings.timeout_s)
         except asyncio.TimeoutError as err:
             raise BadInput(
                 504, f"no answer within timeout_s={self.settings.timeout_s:g} s"
@@ -277,7 +286,7 @@ class Service:
         async with self.slot():
             items = await self.in_pool(self.prepare, raw)
             good = [i for i, x in enumerate(items) if not isinstance(x, ItemError)]
-            outs = await self.batcher.submit_each([items[i] for i in good], self.settings.timeout_s)
+            outs = await self.forward([items[i] for i in good])
         rid = request.state.request_id
         for i, out in zip(good, outs, strict=True):
             if isinstance(out, BaseException):
