@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -124,3 +126,22 @@ def test_batched_processing_equals_per_image(tmp_path):
     x, y = transform.collate([(transform.prepare(img), i) for i, img in enumerate(images)])
     assert x.shape == (3, 3, 32, 32) and y.tolist() == [0, 1, 2]
     torch.testing.assert_close(x, torch.stack([transform(img) for img in images]), rtol=0, atol=0)
+
+
+def test_broken_symlink_is_named_as_a_bad_file(tmp_path):
+    from vitft.data.doctor import check_dataset, screen
+
+    root = make_dataset(tmp_path / "d", counts={"train": 6, "val": 2, "test": 2})
+    link = root / "train" / "red" / "gone.png"
+    link.symlink_to(tmp_path / "moved_away.png")
+    report = check_dataset(root)
+    assert [(b["kind"], b["path"]) for b in report.bad] == [("broken_link", str(link))]
+    assert "moved_away.png" in report.bad[0]["detail"]
+    splits = scan_dataset(root)
+    assert link in [p for p, _ in splits.train]
+    kept = screen(splits, output_dir=tmp_path / "run")
+    assert link not in [p for p, _ in kept.train]
+    listed = json.loads((tmp_path / "run" / "bad_files.json").read_text())["files"]
+    assert [(f["kind"], f["path"], f["class"]) for f in listed] == [
+        ("broken_link", str(link), "red")
+    ]

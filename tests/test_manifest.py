@@ -124,3 +124,34 @@ def test_doctor_checks_a_manifest(tmp_path):
     assert "did you mean 'stain'" in warnings["similar_labels"]  # inferred classes
     assert report.classes == ["scratch", "stain"]  # 'stian' is only on a bad row
     assert not report.can_train("fail") and report.can_train("skip")
+
+
+def test_cvat_image_tags_are_labels(tmp_path, single):
+    """CVAT for images 1.1: one tag per image (several: multi-label); untagged images listed."""
+    images = [f"{c}_{i}.png" for c in CLASSES for i in range(1, 10)]
+    body = "".join(
+        f'<image id="{n}" name="img/{name}" width="32" height="32">'
+        f'<tag label="{name.split("_")[0]}" source="manual"/></image>'
+        for n, name in enumerate(images)
+    )
+    body += '<image id="99" name="img/red_0.png" width="32" height="32"/>'
+    xml = f"<annotations><version>1.1</version><meta/>{body}</annotations>"
+    (tmp_path / "annotations.xml").write_text(xml)
+    data = {"source": "manifest", "data_dir": str(tmp_path / "annotations.xml")}
+    with pytest.raises(VitftError, match="no such file"):  # names are relative to image_root
+        scan_data({**data, "on_bad_file": "fail"})
+    splits = scan_data({**data, "image_root": str(single)}, output_dir=tmp_path / "run")
+    assert splits.classes == sorted(CLASSES) and not splits.multilabel
+    named = {
+        p.name: splits.classes[y] for s in ("train", "val", "test") for p, y in splits.split(s)
+    }
+    assert len(named) == 27 and all(n.startswith(c) for n, c in named.items())
+    left = json.loads((tmp_path / "run" / "skipped_rows.json").read_text())["left_out"]
+    assert [(r["kind"], r["line"]) for r in left] == [("unlabelled_task", 28)]
+    multi = xml.replace(
+        'source="manual"/></image><image id="1"',
+        'source="manual"/><tag label="x"/></image><image id="1"',
+    )
+    (tmp_path / "multi.xml").write_text(multi)
+    m = read_manifest(tmp_path / "multi.xml", image_root=single)
+    assert m.multilabel and m.rows[0].labels == ("red", "x")

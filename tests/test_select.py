@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 
 import pytest
 import torch
@@ -78,6 +80,26 @@ def test_copy_to_copies_the_picks_in_rank_order(model_dir, pool, tmp_path):
     rows = select(sel_cfg(tmp_path, *args))
     copied = sorted(p.name for p in (tmp_path / "lbl").iterdir())
     assert copied == [f"{r['rank']:04d}_{r['path'].rsplit('/', 1)[1]}" for r in rows]
+
+
+def test_label_studio_export_pre_annotates_each_pick(model_dir, pool, tmp_path):
+    args = [f"model_dir={model_dir}", f"pool={pool}", "budget=4", "export=label_studio"]
+    rows = select(sel_cfg(tmp_path, *args))
+    tasks = json.loads((tmp_path / "label_studio_tasks.json").read_text())
+    assert [t["data"]["path"] for t in tasks] == [r["path"] for r in rows]
+    for t, r in zip(tasks, rows, strict=True):
+        name = r["path"].rsplit("/", 1)[1]
+        assert t["data"]["image"] == f"/data/local-files/?d={name}"  # relative to the pool
+        (pred,) = t["predictions"]
+        assert 1 / 3 <= pred["score"] <= 1 and pred["model_version"] == "model"
+        (res,) = pred["result"]
+        assert (res["from_name"], res["to_name"], res["type"]) == ("choice", "image", "choices")
+        assert len(res["value"]["choices"]) == 1 and res["value"]["choices"][0] in "bgr"
+    view = ET.parse(tmp_path / "label_config.xml").getroot()
+    assert [c.get("value") for c in view.iter("Choice")] == ["b", "g", "r"]
+    assert view.find("Choices").get("choice") == "single-radio"
+    with pytest.raises(VitftError, match="export='cvat' is unknown"):
+        select(sel_cfg(tmp_path, f"model_dir={model_dir}", f"pool={pool}", "export=cvat"))
 
 
 def test_coreset_never_picks_a_near_duplicate(model_dir, pool, tmp_path):

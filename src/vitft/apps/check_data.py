@@ -26,6 +26,8 @@ def check_data(cfg: Any) -> int:
             data.get("label_sep") or ";",
             decode=bool(cfg.decode),
             split_seed=data.get("split_seed", 0),
+            annotators=data.get("annotators") or "majority",
+            image_root=data.get("image_root"),
             **split_args,
         )
     elif source_of(data) == "hf":  # the dataset's images, once they are files

@@ -2,7 +2,8 @@
 
 pool folder -> the model's probabilities and backbone features -> ``strategy`` picks ``budget``
 images (``vitft.models.acquisition``) -> a ranked CSV (rank, path, score, reason) and, with
-``copy_to``, copies of the picks to hand to whoever labels them.
+``copy_to``, copies of the picks to hand to whoever labels them; ``export=label_studio`` also
+writes the picks as Label Studio tasks pre-annotated with the model's guess.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 import transformers
 
 from vitft.core.errors import VitftError
+from vitft.data.labelstudio import import_tasks, write_import
 from vitft.deploy.predictor import Predictor
 from vitft.models.acquisition import STRATEGIES, acquire
 from vitft.run.rundir import Run, run_samples
@@ -61,6 +63,27 @@ def write_selection(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+EXPORTS = ("label_studio",)
+
+
+def export_label_studio(
+    cfg: Any, rows: list[dict], probs: torch.Tensor, picks: list[int], labels: list[str]
+) -> Path:
+    """The picks as import tasks, each pre-annotated with the top class and its probability."""
+    top = probs[picks].max(-1)
+    items = [
+        {"path": r["path"], "labels": [labels[int(c)]], "score": float(p), "rank": r["rank"]}
+        for r, p, c in zip(rows, top.values, top.indices, strict=True)
+    ]
+    root = cfg.get("image_root") or cfg.pool
+    tasks = import_tasks(items, root, model_version=Path(str(cfg.model_dir)).resolve().name)
+    out, config = write_import(
+        Path(str(cfg.output)).parent / "label_studio_tasks.json", tasks, labels
+    )
+    print(f"label studio: {len(tasks)} task(s) -> {out} (project labelling config: {config})")
+    return out
+
+
 def select(cfg: Any) -> list[dict]:
     """select.py: rank ``cfg.pool`` for labelling; returns the chosen rows, best first."""
     if not cfg.get("model_dir"):
@@ -72,6 +95,8 @@ def select(cfg: Any) -> list[dict]:
         raise VitftError(f"strategy={strategy!r} is unknown; use one of {list(STRATEGIES)}")
     if budget < 1:
         raise VitftError(f"budget={budget} must be >= 1")
+    if cfg.get("export") and cfg.export not in EXPORTS:
+        raise VitftError(f"export={cfg.export!r} is unknown; use one of {list(EXPORTS)} or null")
     pool = Path(str(cfg.pool)).expanduser()
     if not pool.is_dir():
         raise VitftError(f"pool={cfg.pool} is not a folder (a folder of unlabelled images)")
@@ -104,6 +129,8 @@ def select(cfg: Any) -> list[dict]:
     ]
     out = write_selection(Path(str(cfg.output)), rows)
     print(f"{strategy}: {len(rows)} of {len(paths)} pool images -> {out}")
+    if cfg.get("export") == "label_studio":
+        export_label_studio(cfg, rows, probs, picks, predictor.labels)
     if cfg.get("copy_to"):
         dest = Path(str(cfg.copy_to)).expanduser()
         dest.mkdir(parents=True, exist_ok=True)

@@ -33,20 +33,28 @@ def check_manifest(
     val_fraction: float = 0.15,
     test_fraction: float = 0.15,
     split_seed: int = 0,
+    annotators: str = "majority",
+    image_root: str | Path | None = None,
 ) -> DataReport:
     """Check every row and every listed file of a manifest."""
     report = DataReport(str(file), decode=decode)
     try:
-        m = read_manifest(file, classes, multilabel, label_sep)
-        splits = manifest_splits(m, val_fraction, test_fraction, split_seed)
+        m = read_manifest(file, classes, multilabel, label_sep, annotators, image_root)
     except VitftError as err:
         report.errors.append(str(err))
         return report
     for p in m.problems:
         report.bad.append(_item(p["kind"], f"line {p['line']}", p["detail"]))
+    for p in m.left_out:  # a labelling tool's tasks with no usable answer: not used, listed
+        report.warnings.append(_item(p["kind"], f"line {p['line']}", f"{p['path']}: {p['detail']}"))
     for w in m.warnings:
         where = f"line {w['line']}" if w["line"] else str(m.file)
         report.warnings.append(_item(w["kind"], where, w["detail"]))
+    try:  # the rows' problems are listed above even when none is usable
+        splits = manifest_splits(m, val_fraction, test_fraction, split_seed)
+    except VitftError as err:
+        report.errors.append(str(err))
+        return report
     return check_files(report, splits)
 
 

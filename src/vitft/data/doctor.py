@@ -33,6 +33,7 @@ from vitft.data.folder import (
     _is_hidden_or_junk,
     class_folders,
     class_name,
+    is_broken_link,
     scan_dataset,
 )
 
@@ -40,7 +41,8 @@ log = logging.getLogger(__name__)
 
 # A file with one of these problems cannot be trained on (data.on_bad_file decides what happens).
 # too_large: over PIL's decompression-bomb limit (Image.MAX_IMAGE_PIXELS, 89 Mpx).
-BAD_KINDS = ("zero_byte", "not_an_image", "corrupt", "truncated", "too_large")
+# broken_link: a symlink whose target is missing.
+BAD_KINDS = ("zero_byte", "not_an_image", "corrupt", "truncated", "too_large", "broken_link")
 # Modes that load_image converts, but that usually mean an export setting to look at.
 USUAL_MODES = ("RGB", "L")
 MIN_SIDE, MAX_SIDE, MAX_ASPECT = 32, 10_000, 5.0
@@ -77,6 +79,9 @@ def _trailer_ok(fmt: str | None, data: bytes) -> bool:
 def inspect_file(path: str | Path, decode: bool = False) -> FileCheck:
     """Check one file: header (and end marker) always, full decode when ``decode``."""
     path = Path(path)
+    if is_broken_link(path):
+        target = os.readlink(path)
+        return FileCheck(str(path), problem="broken_link", detail=f"broken symlink to {target}")
     try:
         data = path.read_bytes()
     except OSError as err:
@@ -235,7 +240,7 @@ def check_dataset(
                 if p.is_file() or _is_hidden_or_junk(p.name):
                     report.warnings.append(_item("hidden_or_junk", p, "skipped", split))
                 continue
-            if not p.is_file():
+            if not (p.is_file() or is_broken_link(p)):
                 continue
             if len(rel.parts) == 1:
                 report.warnings.append(_item("stray_file", p, "not in a class folder", split))

@@ -77,6 +77,11 @@ def _is_hidden_or_junk(name: str) -> bool:
     return name.startswith(".") or name.lower() in JUNK_NAMES
 
 
+def is_broken_link(p: Path) -> bool:
+    """A symlink whose target is gone: a file that was meant to be data, so it is reported."""
+    return p.is_symlink() and not p.exists()
+
+
 def class_folders(split_dir: Path) -> list[str]:
     """Sorted class folder names in a split folder (hidden folders and junk excluded)."""
     return sorted(
@@ -85,10 +90,12 @@ def class_folders(split_dir: Path) -> list[str]:
 
 
 def list_images(class_dir: Path) -> tuple[list[Path], list[Path]]:
-    """(image files, other files) under a class folder, recursively, in sorted order."""
+    """(image files, other files) under a class folder, recursively, in sorted order.
+
+    Broken symlinks are listed too, so the file checks name them instead of losing them."""
     images, other = [], []
     for p in sorted(class_dir.rglob("*")):
-        if not p.is_file() or any(
+        if not (p.is_file() or is_broken_link(p)) or any(
             _is_hidden_or_junk(part) for part in p.relative_to(class_dir).parts
         ):
             continue
