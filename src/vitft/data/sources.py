@@ -59,6 +59,8 @@ def scan_data(
             data.get("label_sep") or ";",
             on_bad_file=data.get("on_bad_file", "skip"),
             output_dir=output_dir,
+            annotators=data.get("annotators") or "majority",
+            image_root=data.get("image_root"),
             **split_args,
         )
     if source == "hf":
