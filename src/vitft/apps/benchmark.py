@@ -47,6 +47,7 @@ COLUMNS = [
     "params_m",
     "gflops",
     "threads",
+    "providers",  # what ran each format: ONNX Runtime's session providers, pytorch cuda, ...
 ]
 
 
@@ -148,9 +149,14 @@ def benchmark(cfg: DictConfig) -> list[dict]:
     runners: dict[str, tuple] = {"pytorch": (*load_exported(model_dir, threads), model_dir)}
     if cfg.device == "cuda":
         for name, predict in torch_runners(model, "cuda", CUDA_DTYPES).items():
-            runners[name] = (predict, {"format": "pytorch", "file": ""}, model_dir)
+            dtype = str(CUDA_DTYPES[name]).removeprefix("torch.")
+            meta = {"format": "pytorch", "file": "", "providers": [f"pytorch cuda {dtype}"]}
+            runners[name] = (predict, meta, model_dir)
     for fmt in cfg.formats:
-        predict, meta = load_exported(export_dir / fmt, threads)
+        # device=cuda: ONNX Runtime formats on its GPU providers (or a clear error), the rest
+        # on the CPU runtimes they have (the providers column says which)
+        device = cfg.device if FORMATS[fmt].runtime == "onnxruntime" else "cpu"
+        predict, meta = load_exported(export_dir / fmt, threads, device)
         runners[fmt] = (predict, meta, export_dir / fmt)
     print(
         f"benchmark: {len(runners)} formats, {threads} threads, {len(images.y)} val images, "
@@ -172,6 +178,7 @@ def benchmark(cfg: DictConfig) -> list[dict]:
             "params_m": params,
             "gflops": gflops,
             "threads": threads,
+            "providers": " ".join(meta.get("providers", [])),
         }
         par = folder / "parity.json"
         if par.is_file() and not json.loads(par.read_text()).get("passed", True):

@@ -15,6 +15,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from vitft.core.errors import VitftError
+from vitft.core.files import sha256
 from vitft.data.transforms import processor_facts
 from vitft.deploy import quantize
 from vitft.deploy.formats import CALIBRATED, FORMATS, check_formats, write_format
@@ -84,6 +85,7 @@ def export(cfg: DictConfig) -> dict[str, dict]:
                 ood=scorer,
                 operating_point=point,
                 description=spec.description,
+                file_sha256=sha256(folder / spec.file),  # checked before TorchScript is loaded
                 batch="dynamic" if spec.runtime != "litert" else 1,
                 opset=cfg.opset if spec.runtime == "onnxruntime" else None,
                 **(

@@ -27,7 +27,7 @@ from vitft.modelio.checkpoint import check_labels
 from vitft.modelio.ood import save_ood
 from vitft.modelio.operating_point import save_operating_point
 from vitft.models.classifier import build_model
-from vitft.models.ood import views_for
+from vitft.models.ood import VIEWS, views_for
 from vitft.models.operating_point import check_ok_classes
 from vitft.run.rundir import Run
 from vitft.training import checkpoints, tracking
@@ -140,9 +140,11 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     if trainer.is_global_zero:
         meta = {"source_checkpoint": best or None, "metrics": metrics}
         meta |= {"task": cfg.task.get("name"), "model": cfg.model.get("name")}
+        # serving on CUDA runs under the autocast type the model was trained and validated in
+        meta |= {"training_precision": str(trainer.precision)}
         meta |= {"multilabel": True, "thresholds": thresholds} if thresholds else {}
         run.finish(module.model, processor, {**processor_facts(processor), **meta}, summary)
-        _fit_ood(cfg, module.model, processor, splits, datamodule.eval_batch_size, run.model_dir)
+        _fit_ood(cfg, module.model, datamodule, trainer.strategy.root_device, run.model_dir)
         _operating_point(cfg, ok_classes, module.model, processor, splits, run.model_dir)
         card = {"classes": splits.classes, "metrics": metrics, "provenance": provenance}
         run.publish(cfg, resolved, loggers, **card)
@@ -151,24 +153,29 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     return metrics, {**objects, "summary": summary}
 
 
-def _fit_ood(cfg: DictConfig, model, processor, splits, batch_size, model_dir: Path) -> None:
-    """The unknown-defect scorer (``cfg.ood``) on the best weights' features, into ``model_dir``."""
+def _fit_ood(cfg: DictConfig, model, datamodule, device, model_dir: Path) -> None:
+    """The unknown-defect scorer (``cfg.ood``) on the best weights' features, into ``model_dir``:
+    on the training ``device``, from the datamodule's loader (its workers), each step one eval
+    batch's worth of forward passes (images x views)."""
     ood = cfg.get("ood") or {}
     if not ood.get("method"):
         return
-    if splits.multilabel:
+    if datamodule.splits.multilabel:
         log.info("ood: skipped, the unknown flag is for single-label models")
         return
+    views = views_for(str(ood.get("views", "auto")), cfg.data.get("augment"))
+    size = datamodule.eval_batch_size
+    size = max(1, (size if isinstance(size, int) else 64) // VIEWS[views])
     scorer = fit_scorer(
         model,
-        processor,
-        splits.split("train"),
-        splits.split("val"),
+        datamodule.features_loader("train", size),
+        datamodule.features_loader("val", size),
+        device=device,
         method=str(ood.method),
         acceptance=float(ood.get("acceptance", 0.95)),
         k=int(ood.get("k", 5)),
-        batch_size=batch_size if isinstance(batch_size, int) else 64,
-        views=views_for(str(ood.get("views", "auto")), cfg.data.get("augment")),
+        views=views,
+        progress=True,
     )
     save_ood(scorer, model_dir)
 

@@ -10,6 +10,7 @@ exports (ONNX, TorchScript int8, LiteRT, OpenVINO) have none.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -28,12 +29,17 @@ def pick_device(device: str | None) -> torch.device:
     return torch.device(device)
 
 
+# Lightning precisions that train in a lower float type: served under autocast to it on CUDA.
+AUTOCAST = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+
+
 class Backend(ABC):
     """One way of running a model; the Predictor owns everything else (files, preprocessing)."""
 
     name: str = "backend"
     precision: str = "fp32"
     scores_ood: bool = False
+    providers: list[str] = []
 
     @abstractmethod
     def __call__(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -62,18 +68,36 @@ class Backend(ABC):
 
 
 class TorchBackend(Backend):
-    """The PyTorch model as a backend (eval mode, no grad)."""
+    """The PyTorch model as a backend (eval mode, no grad). On CUDA, fp32 matmuls use TF32 and a
+    model trained in ``bf16-mixed``/``16-mixed`` (``precision``, what vitft.json records) runs
+    under autocast to that type, as it was validated in training."""
 
     name = "pytorch"
     scores_ood = True
 
-    def __init__(self, model: nn.Module, device: str | torch.device | None = "cpu"):
+    def __init__(
+        self, model: nn.Module, device: str | torch.device | None = "cpu", precision: str = ""
+    ):
         self.device = pick_device(str(device) if device else None)
         self.model = model.eval().to(self.device)
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        self.autocast = AUTOCAST.get(str(precision)) if cuda else None
+        self.precision = str(precision) if self.autocast else "fp32"
+        mixed = f" {precision}" if self.autocast else ""
+        self.providers = [f"pytorch {self.device.type}{mixed}"]
+
+    def _autocast(self):
+        if self.autocast is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast)
 
     @torch.inference_mode()
     def __call__(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.model(pixel_values.to(self.device)).float().cpu()
+        with self._autocast():
+            return self.model(pixel_values.to(self.device)).float().cpu()
 
     @property
     def torch_model(self) -> nn.Module:
@@ -92,7 +116,8 @@ class TorchBackend(Backend):
     def scored(
         self, pixel_values: torch.Tensor, scorer: OODScorer
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits and OOD scores of one pass (``ScoredClassifier``, what exports run too)."""
+        """Logits and OOD scores of one pass (``ScoredClassifier``, what exports run too); not
+        under autocast: the threshold was set on fp32 scores."""
         scorer = scorer.to(self.device)
         logits, scores = ScoredClassifier(self.model, scorer)(pixel_values.to(self.device))
         return logits.float().cpu(), scores.float().cpu()
@@ -100,11 +125,13 @@ class TorchBackend(Backend):
 
 class ExportedBackend(Backend):
     """An export folder written by export.py, run by its own runtime (metadata.json says which).
-    With a scorer in its graph (metadata ``ood``), its second output is the OOD score."""
+    With a scorer in its graph (metadata ``ood``), its second output is the OOD score.
+    ``device``: see ``vitft.deploy.runtime.load_outputs`` (cuda never falls back to the CPU)."""
 
-    def __init__(self, folder: str | Path, threads: int | None = None):
+    def __init__(self, folder: str | Path, threads: int | None = None, device: str | None = "cpu"):
         self.folder = Path(folder)
-        self._run, self.metadata = load_outputs(self.folder, threads=threads)
+        self._run, self.metadata = load_outputs(self.folder, threads=threads, device=device)
+        self.providers = list(self.metadata["providers"])
         self.name = str(self.metadata.get("format", "export"))
         self.precision = str(self.metadata.get("precision", "fp32"))
         self.outputs = output_names_of(self.metadata)

@@ -209,7 +209,7 @@ class Predictor:
         ...: anything with a metadata.json) or a Lightning checkpoint. ``ood``: the unknown flag,
         when the model dir has an OOD scorer (model/ood.json) or the export computes the score."""
         if model_dir and (Path(model_dir) / METADATA_FILE).is_file():
-            backend = ExportedBackend(model_dir)
+            backend = ExportedBackend(model_dir, device=device)
             meta = backend.metadata
             scorer = metadata_scorer(meta) if ood and backend.scores_ood else None
             if ood and scorer is None and has_ood(meta.get("source_model")):
@@ -227,7 +227,7 @@ class Predictor:
         meta = {"multilabel": is_multilabel(model.config)}
         if model_dir:
             meta.update(model_info(model_dir))
-        backend = TorchBackend(model, device)
+        backend = TorchBackend(model, device, meta.get("training_precision", ""))
         scorer = load_ood(model_dir) if ood and has_ood(model_dir) else None
         point = load_operating_point(model_dir, model.labels)
         args = {**_multilabel_args(meta), "ood": scorer, "operating_point": point}

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from vitft.core.errors import VitftError
+from vitft.core.files import sha256
 from vitft.data.transforms import processor_facts
 from vitft.deploy.metadata import METADATA_FILE, output_names_of, read_metadata
 from vitft.modelio.hf import load_model
@@ -49,51 +50,70 @@ def _pytorch(folder: Path, meta: dict, threads: int | None) -> Outputs:
 
 def _torchscript(folder: Path, meta: dict, threads: int | None) -> Outputs:
     _torch_threads(threads)
-    return torch_outputs(torch.jit.load(str(folder / meta["file"]), map_location="cpu").eval())
+    path = folder / meta["file"]
+    check_file_sha256(path, meta)  # TorchScript is code: only the file that export.py wrote runs
+    return torch_outputs(torch.jit.load(str(path), map_location="cpu").eval())
+
+
+def check_file_sha256(path: Path, meta: dict) -> None:
+    """Refuse ``path`` unless its sha256 is the ``file_sha256`` its metadata.json records."""
+    expected = meta.get("file_sha256")
+    if not expected:
+        raise VitftError(
+            f"{path.parent / METADATA_FILE} records no file_sha256 for {path.name}, so it cannot "
+            "be checked before loading: re-export it with export.py"
+        )
+    actual = sha256(path)
+    if actual != expected:
+        raise VitftError(
+            f"{path} has sha256 {actual[:16]}..., not the {expected[:16]}... that "
+            f"{METADATA_FILE} records: the file was changed or replaced; re-export it"
+        )
 
 
 CPU_PROVIDER = "CPUExecutionProvider"
 # Best first: TensorRT (engines built for this GPU, cached next to the model), then CUDA.
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
-DEVICES = ("cpu", "cuda", "auto")
+GPU_INSTALL = 'pip uninstall -y onnxruntime && pip install "vitft[gpu]"'
 
 
-def ort_providers(device: str = "cpu", available: list[str] | None = None) -> list[str]:
-    """ONNX Runtime execution providers for ``device`` (cpu | cuda | auto), best first.
+def check_device(device: str | None) -> str:
+    """``device`` as given (cpu | auto | cuda | cuda:N), None meaning auto; else a clear error."""
+    device = str(device or "auto")
+    kind, _, index = device.partition(":")
+    if kind not in ("cpu", "auto", "cuda") or (index and (kind != "cuda" or not index.isdigit())):
+        raise VitftError(f"device={device!r} is unknown; use cpu, cuda, cuda:N or auto")
+    return device
 
-    cuda/auto: TensorRT, then CUDA, whichever this onnxruntime has, then the CPU as ONNX Runtime's
-    fallback for ops a GPU provider can't run. cuda without a GPU provider warns and runs on the
-    CPU (install onnxruntime-gpu: ``pip install vitft[gpu]``).
+
+def ort_providers(device: str, available: list[str]) -> list[str]:
+    """ONNX Runtime execution providers to ask for on ``device``, best first: TensorRT, then
+    CUDA, whichever ``available`` has, then the CPU for the ops a GPU provider can't run.
+
+    cuda without a GPU provider is an error naming the extra to install; auto runs on the CPU.
     """
-    if device not in DEVICES:
-        raise VitftError(f"device={device!r} is unknown for ONNX Runtime; use one of {DEVICES}")
     if device == "cpu":
         return [CPU_PROVIDER]
-    if available is None:
-        import onnxruntime as ort
-
-        available = ort.get_available_providers()
     gpu = [p for p in GPU_PROVIDERS if p in available]
-    if not gpu and device == "cuda":
-        log.warning(
-            "device=cuda: this onnxruntime has no GPU provider (it has %s); running on the CPU. "
-            "For the GPU: pip uninstall onnxruntime && pip install 'vitft[gpu]'",
-            ", ".join(available),
+    if not gpu and device != "auto":
+        raise VitftError(
+            f"device={device}: this onnxruntime has no CUDAExecutionProvider or "
+            f"TensorrtExecutionProvider (it has {', '.join(available)}); for the GPU: {GPU_INSTALL}"
         )
     return [*gpu, CPU_PROVIDER]
 
 
-def _provider_options(providers: list[str], folder: Path) -> list:
-    """TensorRT builds an engine per model and GPU (minutes): cache it in the export folder."""
-    return [
-        (p, {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(folder / "trt_cache")})
-        if p == "TensorrtExecutionProvider"
-        else p
-        for p in providers
-    ]
+def _provider_options(providers: list[str], folder: Path, device: str) -> list:
+    """The GPU index for cuda:N; TensorRT builds an engine per model and GPU (minutes): cache it
+    in the export folder."""
+    gpu = {"device_id": int(device.partition(":")[2] or 0)}
+    trt = {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(folder / "trt_cache")}
+    options = {"TensorrtExecutionProvider": {**gpu, **trt}, "CUDAExecutionProvider": gpu}
+    return [(p, options[p]) if p in options else p for p in providers]
 
 
 def _onnxruntime(folder: Path, meta: dict, threads: int | None, device: str = "cpu") -> Outputs:
+    """An ORT session on ``device``; ``meta["providers"]``: the providers it really has."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -103,17 +123,18 @@ def _onnxruntime(folder: Path, meta: dict, threads: int | None, device: str = "c
     # Idle ORT threads otherwise busy-wait after each run and starve other work on the same
     # cores (another model, the camera loop, or the other formats in benchmark.py).
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    providers = ort_providers(device)
+    providers = ort_providers(device, ort.get_available_providers())
     session = ort.InferenceSession(
-        str(folder / meta["file"]), opts, providers=_provider_options(providers, folder)
+        str(folder / meta["file"]), opts, providers=_provider_options(providers, folder, device)
     )
-    if session.get_providers()[0] != providers[0]:  # e.g. CUDA libraries missing at run time
-        log.warning(
-            "ONNX Runtime could not start %s for %s; running on %s",
-            providers[0],
-            folder,
-            session.get_providers()[0],
-        )
+    used = list(session.get_providers())
+    if providers[0] != CPU_PROVIDER and not set(used) & set(GPU_PROVIDERS):
+        # e.g. onnxruntime-gpu without the CUDA/cuDNN libraries it was built for
+        message = f"ONNX Runtime could not start {providers[0]} for {folder} (it has {used})"
+        if device != "auto":
+            raise VitftError(f"device={device}: {message}: check the CUDA and cuDNN libraries")
+        log.warning("device=auto: %s; running on the CPU", message)
+    meta["providers"] = used
     name = session.get_inputs()[0].name
     outputs = output_names_of(meta)
 
@@ -173,16 +194,20 @@ RUNTIMES: dict[str, Callable[[Path, dict, int | None], Outputs]] = {
 
 
 def load_outputs(
-    folder: str | Path, threads: int | None = None, device: str = "cpu"
+    folder: str | Path, threads: int | None = None, device: str | None = "cpu"
 ) -> tuple[Outputs, dict]:
     """Load an export folder (or an HF model dir, run in PyTorch fp32: logits only) for inference;
-    ``run(x)`` returns the outputs named in metadata.json's ``outputs``, in that order.
+    ``run(x)`` returns the outputs named in metadata.json's ``outputs``, in that order. The
+    metadata returned also has ``providers``: what runs the model in this process.
 
     ``threads``: intra-op threads (torch.set_num_threads / ORT intra_op_num_threads / LiteRT
     num_threads / OpenVINO INFERENCE_NUM_THREADS); None keeps each runtime's default.
-    ``device``: cpu, or cuda/auto for ONNX Runtime exports (see ``ort_providers``).
+    ``device``: cpu | cuda | cuda:N | auto (None). ONNX Runtime exports run on its TensorRT or
+    CUDA provider for cuda (an error when it has neither) and auto (the CPU when it has neither);
+    the other runtimes run on the CPU, and refuse cuda.
     """
     folder = Path(folder)
+    device = check_device(device)
     if not (folder / METADATA_FILE).is_file() and (folder / "config.json").is_file():
         model, processor = load_model(folder)
         meta = {
@@ -193,8 +218,7 @@ def load_outputs(
             "labels": model.labels,
             **processor_facts(processor),
         }
-        _cpu_only(folder, "pytorch", device)
-        return _pytorch(folder, meta, threads), meta
+        return _on_cpu(folder, meta, device, lambda: _pytorch(folder, meta, threads))
     meta = read_metadata(folder)
     runtime = meta.get("runtime")
     if runtime not in RUNTIMES:
@@ -205,20 +229,24 @@ def load_outputs(
         raise VitftError(f"{folder}: model file {meta['file']} named in {METADATA_FILE} is missing")
     if runtime == "onnxruntime":
         return _onnxruntime(folder, meta, threads, device), meta
-    _cpu_only(folder, runtime, device)
-    return RUNTIMES[runtime](folder, meta, threads), meta
+    return _on_cpu(folder, meta, device, lambda: RUNTIMES[runtime](folder, meta, threads))
 
 
 def load_exported(
-    folder: str | Path, threads: int | None = None, device: str = "cpu"
+    folder: str | Path, threads: int | None = None, device: str | None = "cpu"
 ) -> tuple[Predict, dict]:
     """``load_outputs`` for the logits alone: ``predict(x) -> logits``."""
     run, meta = load_outputs(folder, threads, device)
     return (lambda x: run(x)[0]), meta
 
 
-def _cpu_only(folder: Path, runtime: str, device: str) -> None:
-    if device != "cpu":
+def _on_cpu(folder: Path, meta: dict, device: str, load: Callable[[], Outputs]):
+    """A runtime without a GPU path: cpu or auto run it on the CPU; cuda is refused."""
+    runtime = meta["runtime"]
+    if device not in ("cpu", "auto"):
         raise VitftError(
-            f"{folder}: device={device} is for ONNX Runtime exports; {runtime} runs on the CPU"
+            f"{folder}: device={device} is for ONNX Runtime exports; {runtime} runs on the CPU "
+            "(use device=cpu, or export format onnx for the GPU)"
         )
+    meta["providers"] = [f"{runtime} cpu"]
+    return load(), meta

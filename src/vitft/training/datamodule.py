@@ -214,6 +214,17 @@ class FolderDataModule(L.LightningDataModule):
             return ResumableLoader(dataset, sampler=self.shuffled(len(dataset)), **kwargs)
         return DataLoader(dataset, sampler=self.eval_sampler(dataset), **kwargs)
 
+    def features_loader(self, split: str, batch_size: int) -> DataLoader:
+        """Every image of ``split`` once, in order, preprocessed as for inference (no
+        augmentation), with the training loader's workers: what the OOD fit reads."""
+        dataset = ImageDataset(
+            self.splits.split(split), self.eval_transform.prepare, self.failures_file
+        )
+        kwargs = {**self.loader_kwargs, "persistent_workers": False}  # one pass
+        return DataLoader(
+            dataset, batch_size=batch_size, collate_fn=self.eval_transform.collate, **kwargs
+        )
+
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
 
