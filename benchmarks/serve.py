@@ -97,7 +97,10 @@ def drive(
     return requests / wall, latencies, used * 1000 / requests
 
 
-def start_server(model_dir: Path, threads: int, batch: int, wait_ms: float, run_dir: Path):
+def start_server(
+    model_dir: Path, threads: int, batch: int, wait_ms: float, run_dir: Path, *extra: str
+):
+    """``vitft serve`` on 127.0.0.1 and a free port, with ``extra`` overrides; (process, url)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -113,8 +116,12 @@ def start_server(model_dir: Path, threads: int, batch: int, wait_ms: float, run_
         f"batch.max_wait_ms={wait_ms}",
         "log_level=warning",
         f"hydra.run.dir={run_dir}",
+        *extra,
     ]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = run_dir / "stdout.log"  # a file, not a pipe: a full pipe would stall the server
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     for _ in range(1200):
         try:
@@ -122,7 +129,7 @@ def start_server(model_dir: Path, threads: int, batch: int, wait_ms: float, run_
                 return proc, url
         except OSError as err:
             if proc.poll() is not None:
-                tail = proc.stderr.read().decode()[-2000:]
+                tail = log.read_text(errors="replace")[-2000:]
                 raise SystemExit(f"vitft serve exited: {tail}") from err
             time.sleep(0.1)
     raise SystemExit("vitft serve did not become ready")
