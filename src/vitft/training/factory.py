@@ -144,7 +144,18 @@ def build_module(
         wandb_id=wandb_id,
         distill=cfg.get("distill"),
         teacher=load_teacher(cfg.get("distill"), classes, processor),
+        channels_last=use_channels_last(cfg.get("channels_last", False), model),
     )
+
+
+def use_channels_last(spec: Any, model: ImageClassifier) -> bool:
+    """``channels_last``: true | false | auto (on for backbones with convolutions past the patch
+    embedding: MobileViT, ConvNeXt; a plain ViT has one conv and gains nothing)."""
+    if spec == "auto":
+        return sum(isinstance(m, torch.nn.Conv2d) for m in model.modules()) > 1
+    if not isinstance(spec, bool):
+        raise VitftError(f"channels_last={spec!r}: use true, false or auto")
+    return spec
 
 
 def ema_callbacks(cfg: DictConfig) -> list[Callback]:

@@ -27,9 +27,12 @@ from torchmetrics.classification import (
 PER_CLASS = ("precision", "recall")
 
 
-def build_metrics(num_classes: int, prefix: str, multilabel: bool = False) -> MetricCollection:
-    """Single-label: accuracy, macro F1, per-class P/R. Multi-label (on 0/1 decisions): ``acc`` is
-    subset accuracy (every class right), Hamming loss, micro/macro F1, per-class P/R/F1."""
+def build_metrics(
+    num_classes: int, prefix: str, multilabel: bool = False, ordinal: bool = False
+) -> MetricCollection:
+    """Single-label: accuracy, macro F1, per-class P/R, and for ordered grades (``ordinal``) the
+    mean absolute grade error. Multi-label (on 0/1 decisions): ``acc`` is subset accuracy (every
+    class right), Hamming loss, micro/macro F1, per-class P/R/F1."""
     if multilabel:
         n = num_classes
         return MetricCollection(
@@ -44,15 +47,15 @@ def build_metrics(num_classes: int, prefix: str, multilabel: bool = False) -> Me
             },
             prefix=prefix,
         )
-    return MetricCollection(
-        {
-            "acc": MulticlassAccuracy(num_classes, average="micro", validate_args=False),
-            "f1_macro": MulticlassF1Score(num_classes, average="macro", validate_args=False),
-            "precision": MulticlassPrecision(num_classes, average=None, validate_args=False),
-            "recall": MulticlassRecall(num_classes, average=None, validate_args=False),
-        },
-        prefix=prefix,
-    )
+    metrics = {
+        "acc": MulticlassAccuracy(num_classes, average="micro", validate_args=False),
+        "f1_macro": MulticlassF1Score(num_classes, average="macro", validate_args=False),
+        "precision": MulticlassPrecision(num_classes, average=None, validate_args=False),
+        "recall": MulticlassRecall(num_classes, average=None, validate_args=False),
+    }
+    if ordinal:
+        metrics["mae_grade"] = GradeError()
+    return MetricCollection(metrics, prefix=prefix)
 
 
 def build_confusion(
@@ -84,6 +87,15 @@ class BatchMean(Metric):
 
     def compute(self) -> Tensor:
         return self.total / self.count
+
+
+class GradeError(BatchMean):
+    """Mean absolute grade error |predicted - true| of ordered classes (index = grade)."""
+
+    def update(self, preds: Tensor, target: Tensor) -> None:  # type: ignore[override]
+        errors = (preds - target).abs().to(self.total.dtype)
+        self.total += errors.sum()
+        self.count += errors.numel()
 
 
 def flatten(values: dict, classes: list[str]) -> dict[str, float]:

@@ -1,0 +1,157 @@
+"""Accuracy levers on the graded inspection proxy (benchmarks/inspection_proxy.py), side by side.
+
+Each variant is the recommended recipe with a few overrides; every variant runs on the same
+proxy split and the same seeds, and reports test accuracy, macro F1, the mean absolute grade
+error, the escape rate (a part of the two worst grades called one of the two best: it ships)
+and how many of the worst grade were called the best, with the training time per run.
+
+    python benchmarks/inspection.py                                   # every variant, seeds 0 1 2
+    python benchmarks/inspection.py --variants fast accurate --seeds 0
+    python benchmarks/inspection.py --scale 0.5 --max-epochs 10      # a cheaper, reduced sweep
+    python benchmarks/inspection.py --quick                           # tiny, 1 epoch (the test)
+
+Writes benchmarks/results/inspection.csv (one row per run; a run appends to the rows of other
+variants already there, so a sweep can be spread over sessions) and ends with
+``RESULT inspection <mean test accuracy of experiment=accurate>`` (or of the first variant run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from _common import ROOT, cpu_flags, machine_note, quickstart_cfg, set_threads, table
+from inspection_proxy import GRADES, build
+
+from vitft.apps.train import train
+
+# The two worst grades are the defective parts; a defective part called one of the two best ships.
+DEFECTIVE = (2, 3)
+VARIANTS = {
+    "fast": ("small_data", []),
+    "fast_224px": ("small_data", ["model.image_size=224"]),
+    "fast_ordinal": ("small_data", ["task.ordinal=true"]),
+    "fast_balanced": ("small_data", ["loss.class_weights=auto"]),
+    "fast_ema": ("small_data", ["ema_decay=0.998"]),
+    "accurate": ("accurate", []),
+}
+HEADERS = ["variant", "seed", "scale", "max_epochs", "test_acc", "test_f1_macro", "mae_grade",
+           "escape_rate", "worst_called_best", "train_s"]  # fmt: skip
+RESULTS = ROOT / "benchmarks" / "results" / "inspection.csv"
+
+
+def grade_errors(confusion: list[list[int]]) -> tuple[float, float, int]:
+    """From a true x predicted confusion matrix of grades: the mean absolute grade error, the share
+    of defective parts predicted as a non-defective grade, and how many worst were called best."""
+    cm = torch.tensor(confusion, dtype=torch.float)
+    grades = torch.arange(len(cm), dtype=torch.float)
+    mae = float((cm * (grades[:, None] - grades[None, :]).abs()).sum() / cm.sum())
+    ok = [g for g in range(len(cm)) if g not in DEFECTIVE]
+    defective = cm[list(DEFECTIVE)]
+    shipped = float(defective[:, ok].sum())
+    return mae, shipped / max(1.0, float(defective.sum())), int(cm[-1, 0])
+
+
+def one_run(data: Path, variant: str, seed: int, tmp: Path, extra: list[str]) -> dict:
+    experiment, overrides = VARIANTS[variant]
+    cfg = quickstart_cfg(
+        tmp / f"{variant}_{seed}",
+        data,
+        list(GRADES),
+        seed,
+        "ood.method=null",  # the unknown flag is measured by benchmarks/unknown_defect.py
+        *overrides,
+        *extra,
+        experiment=experiment,
+    )
+    t0 = time.perf_counter()
+    metrics, objects = train(cfg)
+    seconds = time.perf_counter() - t0
+    mae, rate, worst = grade_errors(objects["module"].confusion_matrices["test"])
+    return {
+        "variant": variant,
+        "seed": seed,
+        "test_acc": round(metrics["test/acc"], 4),
+        "test_f1_macro": round(metrics["test/f1_macro"], 4),
+        "mae_grade": round(mae, 4),
+        "escape_rate": round(rate, 4),
+        "worst_called_best": worst,
+        "train_s": round(seconds, 1),
+    }
+
+
+def append_rows(rows: list[dict]) -> None:
+    """Add ``rows`` to the CSV, replacing earlier rows of the same variant, seed and setting."""
+    keep = []
+    if RESULTS.is_file():
+        with RESULTS.open() as f:
+            new = {(r["variant"], str(r["seed"]), str(r["scale"]), str(r["max_epochs"])) for r in rows}
+            for r in csv.DictReader(f):
+                if (r["variant"], r["seed"], r["scale"], r["max_epochs"]) not in new:
+                    keep.append(r)
+    with RESULTS.open("w", newline="") as f:
+        writer = csv.DictWriter(f, HEADERS)
+        writer.writeheader()
+        writer.writerows([*keep, *rows])
+    print(f"wrote {RESULTS}")
+
+
+def summarise(rows: list[dict]) -> list[list]:
+    out = []
+    for variant in dict.fromkeys(r["variant"] for r in rows):
+        runs = [r for r in rows if r["variant"] == variant]
+        accs = [r["test_acc"] for r in runs]
+        spread = statistics.stdev(accs) if len(accs) > 1 else 0.0
+        out.append([
+            variant, len(runs), f"{statistics.mean(accs):.3f} ± {spread:.3f}",
+            f"{statistics.mean(r['test_f1_macro'] for r in runs):.3f}",
+            f"{statistics.mean(r['mae_grade'] for r in runs):.3f}",
+            f"{statistics.mean(r['escape_rate'] for r in runs):.3f}",
+            f"{statistics.mean(r['train_s'] for r in runs):.0f}",
+        ])  # fmt: skip
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--scale", type=float, default=1.0, help="shrink every split")
+    parser.add_argument("--max-epochs", type=int, default=None, help="cap every recipe's epochs")
+    parser.add_argument("--quick", action="store_true", help="tiny subset, 1 epoch, 1 seed")
+    parser.add_argument("--data", type=Path, default=None, help="reuse a built proxy folder")
+    args = parser.parse_args()
+    threads = set_threads()
+    extra: list[str] = []
+    if args.quick:
+        args.seeds, args.scale, args.max_epochs = args.seeds[:1], 0.02, 1
+        extra += ["data.batch_size=8", "model.image_size=64"]
+    if args.max_epochs:
+        extra.append(f"trainer.max_epochs={args.max_epochs}")
+    print(machine_note(), cpu_flags(), f"torch threads={threads}", flush=True)
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="vitft_inspection_") as tmp:
+        data = args.data or build(Path(tmp) / "proxy", scale=args.scale)
+        for seed in args.seeds:
+            for variant in args.variants:
+                row = one_run(data, variant, seed, Path(tmp), extra)
+                row |= {"scale": args.scale, "max_epochs": args.max_epochs or ""}
+                print(row, flush=True)
+                rows.append(row)
+    if not args.quick:
+        append_rows(rows)
+    print(table(["variant", "seeds", "test acc", "macro F1", "grade MAE", "escapes", "train s"],
+                summarise(rows)))  # fmt: skip
+    main_variant = "accurate" if "accurate" in args.variants else args.variants[0]
+    accs = [r["test_acc"] for r in rows if r["variant"] == main_variant]
+    print(f"RESULT inspection {statistics.mean(accs):.4f}")
+
+
+if __name__ == "__main__":
+    main()
