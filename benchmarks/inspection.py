@@ -85,14 +85,18 @@ def one_run(data: Path, variant: str, seed: int, tmp: Path, extra: list[str]) ->
     }
 
 
+def _key(row: dict) -> tuple[str, ...]:
+    return tuple(str(row[k]) for k in ("variant", "seed", "scale", "max_epochs"))
+
+
 def append_rows(rows: list[dict]) -> None:
     """Add ``rows`` to the CSV, replacing earlier rows of the same variant, seed and setting."""
     keep = []
     if RESULTS.is_file():
         with RESULTS.open() as f:
-            new = {(r["variant"], str(r["seed"]), str(r["scale"]), str(r["max_epochs"])) for r in rows}
+            new = {_key(r) for r in rows}
             for r in csv.DictReader(f):
-                if (r["variant"], r["seed"], r["scale"], r["max_epochs"]) not in new:
+                if _key(r) not in new:
                     keep.append(r)
     with RESULTS.open("w", newline="") as f:
         writer = csv.DictWriter(f, HEADERS)
