@@ -23,6 +23,7 @@ SCRIPTS = [
     "active_learning",
     "add_class",
     "small_data",
+    "inspection",
 ]
 
 
