@@ -5,7 +5,9 @@ Starts ``vitft serve`` (default conf/serve.yaml limits) on 127.0.0.1 and, for ``
   good       one real PNG (raw image body)                                 -> 200
   multipart  one good and one corrupt file in one request                  -> 200, one item error
   corrupt    a truncated PNG                                                -> 400
+  large      a 6000 x 6000 px PNG (36 Mpx: under max_pixels, decoded)       -> 200
   bomb       a 12000 x 12000 px PNG of a few hundred KB (144 Mpx)           -> 413 from its header
+  bomb64     64 such bombs in one multipart request                         -> 413, 64 item errors
   oversized  a body over max_request_mb                                     -> 413 before reading
 while ``--slow`` more connections trickle request bodies at one byte a second (reopened as the
 server times them out: 408). A probe sends a normal request every second once all slow uploads
@@ -36,18 +38,19 @@ from _common import cpu_flags, machine_note, table, write_results
 from serve import load_images, make_model, start_server
 
 HOST = "127.0.0.1"  # never anywhere else
-MIX = {"good": 0.5, "multipart": 0.1, "corrupt": 0.15, "bomb": 0.15, "oversized": 0.1}
+MIX = {
+    "good": 0.45,
+    "multipart": 0.1,
+    "large": 0.06,
+    "corrupt": 0.12,
+    "bomb": 0.12,
+    "bomb64": 0.05,
+    "oversized": 0.1,
+}
 
 
-def payloads(max_request_mb: float) -> dict[str, tuple[str, bytes]]:
-    """(content type, body) of each kind of request."""
-    from PIL import Image
-
-    good = load_images(1)[0]
-    buf = io.BytesIO()
-    Image.new("1", (12000, 12000)).save(buf, format="PNG")
+def multipart(parts: list[tuple[str, bytes]]) -> tuple[str, bytes]:
     boundary = "vitftloadboundary"
-    parts = [("a.png", good), ("broken.png", good[: len(good) // 3])]
     body = b"".join(
         f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{n}"\r\n'
         f"Content-Type: image/png\r\n\r\n".encode()
@@ -55,14 +58,29 @@ def payloads(max_request_mb: float) -> dict[str, tuple[str, bytes]]:
         + b"\r\n"
         for n, data in parts
     )
+    return f"multipart/form-data; boundary={boundary}", body + f"--{boundary}--\r\n".encode()
+
+
+def png(img) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def payloads(max_request_mb: float) -> dict[str, tuple[str, bytes]]:
+    """(content type, body) of each kind of request."""
+    from PIL import Image
+
+    good = load_images(1)[0]
+    bomb = png(Image.new("1", (12000, 12000)))
+    large = png(Image.new("RGB", (6000, 6000), (90, 120, 60)))
     return {
         "good": ("image/png", good),
-        "multipart": (
-            f"multipart/form-data; boundary={boundary}",
-            body + f"--{boundary}--\r\n".encode(),
-        ),
+        "multipart": multipart([("a.png", good), ("broken.png", good[: len(good) // 3])]),
+        "large": ("image/png", large),
         "corrupt": ("image/png", good[: len(good) // 3]),
-        "bomb": ("image/png", buf.getvalue()),
+        "bomb": ("image/png", bomb),
+        "bomb64": multipart([(f"bomb{i}.png", bomb) for i in range(64)]),
         "oversized": ("image/png", os.urandom(int((max_request_mb + 1) * 1e6))),
     }
 
@@ -197,7 +215,7 @@ def summarize(out: list, state: dict, seconds: float, hwm_mb: float) -> tuple[li
                 " ".join(f"{c}x{n}" for c, n in sorted(codes.items())),
             ]
         )
-    good = by_kind.get("good", []) + by_kind.get("multipart", [])
+    good = [r for kind in ("good", "multipart", "large") for r in by_kind.get(kind, [])]
     probes = state["probes"]
     goals = {
         "good_requests": len(good),

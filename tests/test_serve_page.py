@@ -46,8 +46,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def server(tmp_path):
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("page")
     torch.manual_seed(0)
     model, processor = build_model({"config": TINY_VIT_CONFIG}, {"name": "linear"}, LABELS)
     model_dir = save_hf(model, processor, tmp_path / "model")
@@ -83,11 +84,9 @@ def server(tmp_path):
         proc.wait(30)
 
 
-def test_drop_an_image_see_label_confidence_and_heatmap(server, tmp_path):
+def _driver():
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
     chromium, chromedriver = _browser()
     os.environ["SE_OFFLINE"] = "true"
@@ -101,12 +100,22 @@ def test_drop_an_image_see_label_confidence_and_heatmap(server, tmp_path):
         "--window-size=900,700",
     ):
         options.add_argument(arg)
-    image = tmp_path / "part.png"
+    return webdriver.Chrome(service=Service(chromedriver), options=options)
+
+
+def _part(path: Path) -> Path:
     arr = np.random.default_rng(0).integers(0, 90, (96, 96, 3), dtype=np.uint8)
     arr[30:60, 20:70] = 230  # a bright scratch
-    Image.fromarray(arr).save(image)
+    Image.fromarray(arr).save(path)
+    return path
 
-    driver = webdriver.Chrome(service=Service(chromedriver), options=options)
+
+def test_drop_an_image_see_label_confidence_and_heatmap(server, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    image = _part(tmp_path / "part.png")
+    driver = _driver()
     try:
         driver.get(server)
         wait = WebDriverWait(driver, 60)
@@ -128,3 +137,27 @@ def test_drop_an_image_see_label_confidence_and_heatmap(server, tmp_path):
     assert len(bars) == len(LABELS)
     assert shown and loaded > 0  # the heatmap PNG decoded and is on the page
     assert Image.open(shot).size[0] > 0
+
+
+def test_a_bad_file_among_good_ones_is_shown_as_its_own_error(server, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    good = _part(tmp_path / "good.png")
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(good.read_bytes()[:80])  # a truncated upload
+    driver = _driver()
+    try:
+        driver.get(server)
+        wait = WebDriverWait(driver, 60)
+        wait.until(lambda d: "classes:" in d.find_element(By.ID, "model").text)
+        driver.find_element(By.ID, "file").send_keys(f"{broken}\n{good}")  # two files at once
+        wait.until(lambda d: d.find_element(By.ID, "result").get_attribute("data-done") == "1")
+        errors = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#items li.item-error")]
+        label = driver.find_element(By.ID, "label").text
+        request_error = driver.find_element(By.ID, "error").text
+    finally:
+        driver.quit()
+    assert len(errors) == 1 and errors[0].startswith("broken.png: ") and "unreadable" in errors[0]
+    assert any(c in label for c in LABELS), label  # the good image is still answered
+    assert request_error == ""
