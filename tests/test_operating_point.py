@@ -18,6 +18,7 @@ from tests.test_evaluate import eval_cfg
 from tests.test_export import export_cfg
 from vitft.apps.evaluate import evaluate
 from vitft.apps.export import export
+from vitft.apps.predict import write_predictions
 from vitft.apps.train import train
 from vitft.core.errors import VitftError
 from vitft.deploy.metadata import read_metadata
@@ -149,11 +150,14 @@ def _check_verdicts(preds, threshold: float) -> None:
         assert p.label == p.predicted  # the class decision is kept as it is
 
 
-def test_predict_on_the_model_dir_applies_the_threshold(run, tiny_data):
+def test_predict_on_the_model_dir_applies_the_threshold(run, tiny_data, tmp_path):
     predictor = Predictor.from_path(run / "model")
     threshold = predictor.operating_point.threshold
-    preds = predictor.predict_files(tiny_data / "test").predictions
+    results = predictor.predict_files(tiny_data / "test")
+    preds = results.predictions
     _check_verdicts(preds, threshold)
+    rows = list(csv.DictReader(write_predictions(results, tmp_path / "p.csv", CLASSES).open()))
+    assert [int(r["defective"]) for r in rows] == [int(p.defective) for p in preds]
     # a threshold below every score calls every part defective, the red-labelled ones too
     strict = OperatingPoint(OK, 1e-9)
     red = Predictor.from_path(run / "model", operating_point=strict).predict_files(

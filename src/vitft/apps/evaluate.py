@@ -313,11 +313,9 @@ def evaluate(cfg: Any) -> dict[str, Any]:
     true_names = [labels[t] for t in scored.target.tolist()]
     write_predictions_csv(out_dir / "predictions.csv", scored.results, true_names, labels)
     figures = _figures(cfg, predictor, scored, metrics, out_dir)
-    if view:
-        figures["escape_curve"] = (
-            plots.save(view.figure(), out_dir / "escape_curve.png"),
-            view.caption(),
-        )
+    if view:  # right after the confusion matrix and the PR/ROC curves in the report
+        curve = (plots.save(view.figure(), out_dir / "escape_curve.png"), view.caption())
+        figures = {"escape_curve": curve, **figures}
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))  # + heatmaps status
     rows = [
         [p.path, t, p.predicted, round(p.confidence, 4)]

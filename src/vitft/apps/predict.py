@@ -27,6 +27,7 @@ def write_predictions(results: Results, output: str | Path, labels: list[str]) -
         output.write_text(json.dumps(doc, indent=2))
         return output
     ood = any(p.ood_score is not None for p in results.predictions)
+    verdict = any(p.defective is not None for p in results.predictions)  # an operating point
     with output.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(
@@ -38,6 +39,7 @@ def write_predictions(results: Results, output: str | Path, labels: list[str]) -
                 *[f"prob_{c}" for c in labels],
                 "latency_ms",
                 *(["ood_score", "unknown"] if ood else []),
+                *(["p_defective", "defective"] if verdict else []),
             ]
         )
         for p in results.predictions:
@@ -46,6 +48,7 @@ def write_predictions(results: Results, output: str | Path, labels: list[str]) -
                 + [f"{p.probs[c]:.6f}" for c in labels]
                 + [f"{p.latency_ms:.3f}"]
                 + ([f"{p.ood_score:.6g}", int(bool(p.unknown))] if ood else [])
+                + ([f"{p.p_defective:.6f}", int(bool(p.defective))] if verdict else [])
             )
     return output
 
@@ -77,10 +80,12 @@ def predict(cfg: Any) -> Results:
     write_predictions(results, output, predictor.labels)
     n_unc = sum(p.label == UNCERTAIN for p in results.predictions)
     n_unk = sum(p.label == UNKNOWN for p in results.predictions)
+    n_def = sum(bool(p.defective) for p in results.predictions)
     print(
         f"predicted {len(results.predictions)} image(s) -> {output}"
         + (f"; {n_unc} uncertain (below threshold)" if n_unc else "")
         + (f"; {n_unk} unknown (unlike the training images)" if n_unk else "")
+        + (f"; {n_def} defective (operating point)" if n_def else "")
     )
     if results.bad_files:
         print(f"skipped {len(results.bad_files)} bad file(s):")
