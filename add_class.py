@@ -4,7 +4,7 @@ images=<folder> (also `vitft add-class ...`)."""
 import hydra
 from omegaconf import DictConfig
 
-import vitft  # noqa: F401  (registers the config resolvers and the vitft model type)
+import vitft  # noqa: F401  (registers the config resolvers)
 from vitft.apps.add_class import add_class
 from vitft.run.entry import run_entry
 

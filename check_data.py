@@ -5,7 +5,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-import vitft  # noqa: F401  (registers the config resolvers and the vitft model type)
+import vitft  # noqa: F401  (registers the config resolvers)
 from vitft.apps.check_data import check_data
 from vitft.run.entry import run_entry
 

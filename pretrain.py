@@ -3,7 +3,7 @@
 import hydra
 from omegaconf import DictConfig
 
-import vitft  # noqa: F401  (registers the config resolvers and the vitft model type)
+import vitft  # noqa: F401  (registers the config resolvers)
 from vitft.apps.pretrain import pretrain
 from vitft.run.entry import run_entry
 

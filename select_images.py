@@ -5,7 +5,7 @@ script of that name in the repo root would shadow Python's own `select` module."
 import hydra
 from omegaconf import DictConfig
 
-import vitft  # noqa: F401  (registers the config resolvers and the vitft model type)
+import vitft  # noqa: F401  (registers the config resolvers)
 from vitft.apps.select import select
 from vitft.run.entry import run_entry
 

@@ -1,6 +1,6 @@
 """Build hook: the wheel carries the top-level conf/ as ``vitft/conf`` (metadata: pyproject.toml).
 
-An editable install needs no copy: ``vitft.apps.console.conf_dir`` finds the clone's conf/.
+An editable install needs no copy: ``vitft.core.resolvers.conf_dir`` finds the clone's conf/.
 """
 
 import shutil

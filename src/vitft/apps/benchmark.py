@@ -20,9 +20,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
-from vitft.apps.console import conf_dir
 from vitft.apps.export import export
 from vitft.core.errors import VitftError
+from vitft.core.resolvers import conf_dir
 from vitft.deploy.formats import FORMATS
 from vitft.deploy.parity import batched, parity
 from vitft.deploy.runtime import load_exported

@@ -4,49 +4,65 @@ Each command is the same plain function as its root script (``train.py`` ...), c
 configs shipped inside the package (``vitft/conf`` in a wheel; the repo's ``conf/`` in a clone).
 Users add their own config folders with Hydra's ``--config-dir DIR`` (``-cd``) or
 ``hydra.searchpath=[file:///abs/dir]``: a ``task/line7.yaml`` there is ``task=line7``.
+
+This module imports neither torch nor transformers: ``vitft --help`` answers at once, and a
+command loads only what its function imports.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
-# command -> (config name in conf/, "module:function"); imported only when the command runs.
-COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("train", "vitft.apps.train:objective"),
-    "eval": ("eval", "vitft.apps.evaluate:evaluate"),
-    "predict": ("predict", "vitft.apps.predict:predict"),
-    "export": ("export", "vitft.apps.export:export"),
-    "benchmark": ("benchmark", "vitft.apps.benchmark:benchmark"),
-    "prune": ("prune", "vitft.apps.prune:prune"),
-    "explain": ("explain", "vitft.apps.explain:explain"),
-    "check-data": ("check_data", "vitft.apps.check_data:check_data"),
-    "serve": ("serve", "vitft.deploy.serve:serve"),
-    "pretrain": ("pretrain", "vitft.apps.pretrain:pretrain"),
-    "select": ("select", "vitft.apps.select:select"),
-    "add-class": ("add_class", "vitft.apps.add_class:add_class"),
+from vitft.core.resolvers import conf_dir
+from vitft.run.entry import run_entry
+
+# On a shared or busy CPU, spinning OpenMP threads wait on each other for whole time slices
+# (PyTorch eager at 2 threads measured 50x slower here); OMP_WAIT_POLICY=ACTIVE restores spinning.
+PASSIVE_OPENMP = {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
+@dataclass(frozen=True)
+class Command:
+    config: str  # conf/<config>.yaml
+    target: str  # "module:function", imported only when the command runs
+    argv: str | None = None  # "module:function" turning the command's own spellings into overrides
+    env: dict[str, str] = field(default_factory=dict)  # defaults set before anything loads torch
+    exit_status: bool = False  # the function's return value is the process exit status
+
+
+COMMANDS: dict[str, Command] = {
+    "train": Command("train", "vitft.apps.train:objective"),
+    "eval": Command("eval", "vitft.apps.evaluate:evaluate"),
+    "predict": Command("predict", "vitft.apps.predict:predict"),
+    "export": Command("export", "vitft.apps.export:export"),
+    "benchmark": Command(
+        "benchmark",
+        "vitft.apps.benchmark:benchmark",
+        argv="vitft.apps.benchmark:translate_argv",  # the seed's --model_path X spelling
+        env=PASSIVE_OPENMP,
+    ),
+    "prune": Command("prune", "vitft.apps.prune:prune"),
+    "explain": Command("explain", "vitft.apps.explain:explain"),
+    "check-data": Command("check_data", "vitft.apps.check_data:check_data", exit_status=True),
+    "serve": Command("serve", "vitft.deploy.serve:serve"),
+    "pretrain": Command("pretrain", "vitft.apps.pretrain:pretrain"),
+    "select": Command("select", "vitft.apps.select:select"),
+    "add-class": Command("add_class", "vitft.apps.add_class:add_class"),
 }
-# Commands whose function returns the process exit status.
-EXIT_STATUS = {"check-data"}
 
 
-def conf_dir() -> Path:
-    """The shipped configs: ``vitft/conf`` inside an installed wheel, else the clone's conf/."""
-    packaged = Path(__file__).resolve().parents[1] / "conf"
-    if packaged.is_dir():
-        return packaged
-    return Path(__file__).resolve().parents[3] / "conf"
-
-
-def available() -> dict[str, tuple[str, str]]:
+def available() -> dict[str, Command]:
     """The commands whose config ships with this install."""
-    return {c: spec for c, spec in COMMANDS.items() if (conf_dir() / f"{spec[0]}.yaml").is_file()}
+    return {c: cmd for c, cmd in COMMANDS.items() if (conf_dir() / f"{cmd.config}.yaml").is_file()}
 
 
-def _resolve(target: str) -> Callable[[Any], Any]:
+def resolve(target: str) -> Callable[..., Any]:
+    """The function named by ``"module:function"`` (imports the module)."""
     module, name = target.split(":")
     return getattr(importlib.import_module(module), name)
 
@@ -62,43 +78,39 @@ def usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> Any:
-    """Entry point of the ``vitft`` console script."""
+    """Entry point of the ``vitft`` console script (and of ``python -m vitft``)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = available()
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
         return None
-    cmd, rest = argv[0], argv[1:]
-    if cmd not in commands:
-        print(f"error: unknown command {cmd!r}\n{usage()}", file=sys.stderr)
+    name, rest = argv[0], argv[1:]
+    if name not in commands:
+        print(f"error: unknown command {name!r}\n{usage()}", file=sys.stderr)
         sys.exit(2)
+    command = commands[name]
+    for key, value in command.env.items():
+        os.environ.setdefault(key, value)
+    if command.argv:
+        rest = resolve(command.argv)(rest)
+    return _run_hydra(name, command, rest)
 
+
+def _run_hydra(name: str, command: Command, rest: list[str]) -> Any:
     import hydra
-    from omegaconf import DictConfig
 
-    import vitft  # noqa: F401  (registers the config resolvers)
-    from vitft.run.entry import run_entry
+    fn = resolve(command.target)
+    sys.argv = [f"vitft {name}", *rest]  # Hydra reads its flags and overrides from sys.argv
 
-    config_name, target = commands[cmd]
-    if cmd == "benchmark":
-        import os
-
-        # As in benchmark.py: set before torch loads OpenMP (spinning threads on a busy CPU).
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-        from vitft.apps.benchmark import translate_argv
-
-        rest = translate_argv(rest)
-    fn = _resolve(target)
-    sys.argv = [f"vitft {cmd}", *rest]  # Hydra reads its flags and overrides from sys.argv
-
-    def _main(cfg: DictConfig) -> Any:
+    def _main(cfg: Any) -> Any:
         result = run_entry(fn, cfg)
-        if cmd in EXIT_STATUS:
+        if command.exit_status:
             sys.exit(result)
         return result
 
     # Hydra names the job (and its log file, train.log ...) after the task function's module.
-    _main.__module__ = config_name
-    return hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name=config_name)(
+    _main.__module__ = command.config
+    config_path = str(conf_dir())
+    return hydra.main(version_base="1.3", config_path=config_path, config_name=command.config)(
         _main
     )()

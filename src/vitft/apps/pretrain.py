@@ -48,7 +48,7 @@ def pretrain(cfg: DictConfig) -> tuple[dict, dict]:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     if rank_zero_only.rank == 0:
         if not ckpt_path:
-            run.clear_previous()
+            tracking.clear_previous(run.root)
         run.write_config(resolved)
     rid = tracking.run_id(output_dir, ckpt_path)
     loggers = tracking.build_loggers(cfg.get("logger"), output_dir, rid, resolved)

@@ -78,12 +78,16 @@ def _instantiate_all(cfg: DictConfig | None) -> list[Any]:
 
 
 def open_run(cfg: DictConfig) -> tuple[Run, str | None]:
-    """Seed, create the run dir, and find the checkpoint to continue from (or None)."""
+    """Seed, create the run dir, and find the checkpoint to continue from (or None: a fresh
+    start, which clears an earlier run's checkpoints and metrics from the run dir)."""
     transformers.utils.logging.disable_progress_bar()
     L.seed_everything(cfg.seed, workers=True)
     run = Run(Path(cfg.paths.output_dir))
     run.root.mkdir(parents=True, exist_ok=True)
-    return run, resolve_ckpt_path(cfg, run.root)
+    ckpt_path = resolve_ckpt_path(cfg, run.root)
+    if not ckpt_path and is_rank0():
+        tracking.clear_previous(run.root)
+    return run, ckpt_path
 
 
 def train(cfg: DictConfig) -> tuple[dict, dict]:
@@ -105,7 +109,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     # 3. the run dir: config, provenance, split manifest. Under DDP, Lightning re-runs this
     # script for ranks > 0 once rank 0 is in fit(): only rank 0 writes the run dir.
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    provenance = run.start(resolved, splits, cfg.model, fresh=not ckpt_path) if is_rank0() else {}
+    provenance = run.start(resolved, splits, cfg.model) if is_rank0() else {}
     rid = tracking.run_id(run.root, ckpt_path)
 
     # 4. LightningModule, callbacks, loggers, Trainer
@@ -147,7 +151,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         _fit_ood(cfg, module.model, datamodule, trainer.strategy.root_device, run.model_dir)
         _operating_point(cfg, ok_classes, module.model, processor, splits, run.model_dir)
         card = {"classes": splits.classes, "metrics": metrics, "provenance": provenance}
-        run.publish(cfg, resolved, loggers, **card)
+        tracking.publish(run.root, cfg, resolved, loggers, **card)
         log.info("run dir: %s", run.root)
     objects = {"trainer": trainer, "module": module, "datamodule": datamodule, "cfg": cfg}
     return metrics, {**objects, "summary": summary}

@@ -1,4 +1,5 @@
-"""The OmegaConf resolvers the configs use (``${vitft_root:}``, ``${vitft_run_dir:...}``)."""
+"""Where the configs are (``conf_dir``), and the OmegaConf resolvers they use (``${vitft_root:}``,
+``${vitft_run_dir:...}``; ``${vitft_weights:...}`` is registered by ``vitft/__init__``)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,18 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+_PACKAGE = Path(__file__).resolve().parents[1]  # src/vitft, or site-packages/vitft
+
+
+def conf_dir() -> Path:
+    """The shipped configs: ``vitft/conf`` inside an installed wheel, else the clone's conf/."""
+    packaged = _PACKAGE / "conf"
+    return packaged if packaged.is_dir() else _PACKAGE.parents[1] / "conf"
+
 
 def project_root() -> str:
     """The folder holding conf/ (the repo root for an editable install), else the cwd."""
-    here = Path(__file__).resolve().parents[3]
+    here = _PACKAGE.parents[1]
     return str(here if (here / "conf").is_dir() else Path.cwd())
 
 

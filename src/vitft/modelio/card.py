@@ -44,31 +44,10 @@ def model_card(
     provenance: dict[str, Any],
 ) -> str:
     """The card's Markdown, with HF front matter (library, pipeline tag, base model, metrics)."""
-    pretrained = provenance.get("pretrained") or {}
-    base = pretrained.get("source") if pretrained.get("kind") == "hub" else None
     model = config.get("model", {})
-    freeze = config.get("freeze", {})
-    optimizer = config.get("optimizer", {})
-    trainer = config.get("trainer", {})
     data = provenance.get("data", {})
-    git = provenance.get("git") or {}
-    versions = provenance.get("versions", {})
-    front = [
-        "---",
-        "library_name: transformers",
-        "pipeline_tag: image-classification",
-        "tags: [vitft, image-classification, vision-transformer]",
-        *([f"base_model: {base}"] if base else []),
-        "---",
-    ]
-    weights = (
-        f"`{pretrained['source']}` ({pretrained['kind']}, "
-        f"revision {pretrained.get('commit') or pretrained.get('weights_sha256') or 'unknown'})"
-        if pretrained
-        else f"none: `{model.get('name')}` built from its config, trained from scratch"
-    )
     lines = [
-        *front,
+        *_front_matter(provenance.get("pretrained") or {}),
         f"# {task or 'image'} classifier ({model.get('name', 'vit')}, vitft)",
         "",
         f"Image classification into {len(classes)} classes: {', '.join(classes)}. Below its "
@@ -88,35 +67,71 @@ def model_card(
         "",
         _metrics_table(metrics),
         "",
+        *_training(config, provenance),
+        *_use(data.get("root", "?")),
+    ]
+    return "\n".join(lines)
+
+
+def _front_matter(pretrained: dict[str, Any]) -> list[str]:
+    base = pretrained.get("source") if pretrained.get("kind") == "hub" else None
+    return [
+        "---",
+        "library_name: transformers",
+        "pipeline_tag: image-classification",
+        "tags: [vitft, image-classification, vision-transformer]",
+        *([f"base_model: {base}"] if base else []),
+        "---",
+    ]
+
+
+def _training(config: dict[str, Any], provenance: dict[str, Any]) -> list[str]:
+    """The Training section: weights, head, freeze, optimizer, code and package versions."""
+    model, trainer = config.get("model", {}), config.get("trainer", {})
+    optimizer = config.get("optimizer", {})
+    pretrained = provenance.get("pretrained") or {}
+    git = provenance.get("git") or {}
+    versions = provenance.get("versions", {})
+    weights = (
+        f"`{pretrained['source']}` ({pretrained['kind']}, "
+        f"revision {pretrained.get('commit') or pretrained.get('weights_sha256') or 'unknown'})"
+        if pretrained
+        else f"none: `{model.get('name')}` built from its config, trained from scratch"
+    )
+    commit = (
+        f", git {git['commit'][:12]}{' (dirty tree)' if git.get('dirty') else ''}" if git else ""
+    )
+    return [
         "## Training",
         f"- pretrained weights: {weights}",
-        f"- head: {config.get('head', {}).get('name')}, freeze: {freeze.get('name')}",
+        f"- head: {config.get('head', {}).get('name')}, "
+        f"freeze: {config.get('freeze', {}).get('name')}",
         f"- optimizer: {str(optimizer.get('_target_', '')).rsplit('.', 1)[-1]} "
         f"lr={optimizer.get('lr')}, epochs <= {trainer.get('max_epochs')}, "
         f"seed {config.get('seed')}",
-        f"- code: vitft {versions.get('vitft')}"
-        + (
-            f", git {git['commit'][:12]}{' (dirty tree)' if git.get('dirty') else ''}"
-            if git
-            else ""
-        )
-        + f"; torch {versions.get('torch')}, transformers {versions.get('transformers')}, "
-        f"lightning {versions.get('lightning')}",
+        f"- code: vitft {versions.get('vitft')}{commit}; torch {versions.get('torch')}, "
+        f"transformers {versions.get('transformers')}, lightning {versions.get('lightning')}",
         "- the full resolved config is `config.yaml` in the run dir; provenance: `provenance.json`",
         "",
+    ]
+
+
+def _use(data_root: str) -> list[str]:
+    """Intended use and limits, how to load the model, and the exports' placeholder."""
+    return [
         "## Intended use and limits",
         "- Intended: sorting images like the training data (same camera, lighting, product and "
         "classes) and flagging low-confidence images for a person to look at.",
         "- Not intended: classes it has not seen (it still answers one of its classes; use the "
         "threshold / OOD score), other cameras or products without re-validation, or safety "
         "decisions without a person in the loop.",
-        f"- The metrics above hold for data like `{data.get('root', '?')}`; measure on your own "
+        f"- The metrics above hold for data like `{data_root}`; measure on your own "
         "line with `vitft eval` before relying on them.",
         "",
         "## Use",
         "```python",
-        "from vitft.deploy.predictor import Predictor",
-        "Predictor.from_path('model', threshold=0.8).predict(['part.png'])",
+        "import vitft",
+        "vitft.load('model', threshold=0.8).predict(['part.png'])",
         "```",
         "",
         _EXPORTS_START,
@@ -126,7 +141,6 @@ def model_card(
         _EXPORTS_END,
         "",
     ]
-    return "\n".join(lines)
 
 
 def write_card(model_dir: str | Path, **kwargs: Any) -> Path:

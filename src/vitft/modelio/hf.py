@@ -2,8 +2,9 @@
 
 A linear head is saved as the backbone's own ``*ForImageClassification`` (plain HF: any
 transformers tool, ``pipeline``, TF/Flax ``from_pt`` loads it without vitft). Other heads are saved
-as ``VitftForImageClassification`` (model_type ``vitft``), which ``import vitft`` registers with
-transformers' Auto classes so that ``pipeline("image-classification", model=dir)`` works too.
+as ``VitftForImageClassification`` (model_type ``vitft``), which ``register_hf`` (run when this
+module is imported; ``vitft.register_hf()`` from user code) registers with transformers' Auto
+classes so that ``pipeline("image-classification", model=dir)`` works too.
 Weights are safetensors; loading never runs code from the directory.
 """
 
@@ -70,8 +71,17 @@ class VitftForImageClassification(PreTrainedModel):
         return ImageClassifierOutput(logits=logits)
 
 
-AutoConfig.register(VITFT_MODEL_TYPE, VitftConfig, exist_ok=True)
-AutoModelForImageClassification.register(VitftConfig, VitftForImageClassification, exist_ok=True)
+def register_hf() -> None:
+    """Register model_type ``vitft`` with transformers' Auto classes, so that ``pipeline`` and
+    ``AutoModelForImageClassification`` load a model dir with an mlp or cosine head. Importing
+    this module does it; ``vitft.register_hf()`` is the explicit spelling for user code."""
+    AutoConfig.register(VITFT_MODEL_TYPE, VitftConfig, exist_ok=True)
+    AutoModelForImageClassification.register(
+        VitftConfig, VitftForImageClassification, exist_ok=True
+    )
+
+
+register_hf()  # every vitft path that loads a model dir imports this module
 
 
 def to_hf(model: ImageClassifier) -> PreTrainedModel:

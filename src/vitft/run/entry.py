@@ -2,6 +2,7 @@
 
 A user-fixable error (VitftError) prints one line, ``error: ...``, and exits with code 2, without
 a traceback; trackers are always closed, and the run dir is always logged, even on failure.
+A leaf: a predict or serve must not load the training stack to be wrapped.
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from vitft.core.errors import VitftError
-from vitft.training import tracking
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+TRACKING = "vitft.training.tracking"  # only training opens trackers (W&B), and it loads this
 
 
 def run_entry(fn: Callable[[Any], T], cfg: Any) -> T:
@@ -28,10 +29,16 @@ def run_entry(fn: Callable[[Any], T], cfg: Any) -> T:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     finally:
-        tracking.finish()
+        close_trackers()
         output_dir = _output_dir(cfg)
         if output_dir:
             log.info("outputs: %s", output_dir)
+
+
+def close_trackers() -> None:
+    """Close W&B's run if training opened one (always, even when the command failed)."""
+    if TRACKING in sys.modules:
+        sys.modules[TRACKING].finish()
 
 
 def _output_dir(cfg: Any) -> str | None:

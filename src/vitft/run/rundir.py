@@ -31,11 +31,8 @@ from vitft.core.files import sha256
 from vitft.data.folder import SPLITS, DatasetSplits, Sample
 from vitft.data.sources import infer_source, scan_data
 from vitft.deploy.parity import ImageSet, load_images
-from vitft.modelio.card import write_card
 from vitft.modelio.hf import save_hf
-from vitft.modelio.hub import push_model_dir
 from vitft.run.provenance import MANIFEST_FILE, PROVENANCE_FILE, write_provenance
-from vitft.training import checkpoints, tracking
 
 log = logging.getLogger(__name__)
 
@@ -95,40 +92,15 @@ class Run:
         self.root.mkdir(parents=True, exist_ok=True)
         self.config_file.write_text(OmegaConf.to_yaml(resolved))
 
-    def start(
-        self, resolved: dict[str, Any], splits: DatasetSplits, model_cfg: Any, fresh: bool
-    ) -> dict:
-        """Write the config, the provenance and the split manifest; a fresh start clears an
-        earlier run's files. Returns the provenance record."""
-        if fresh:
-            self.clear_previous()
+    def start(self, resolved: dict[str, Any], splits: DatasetSplits, model_cfg: Any) -> dict:
+        """Write the config, the provenance and the split manifest; returns the provenance."""
         self.write_config(resolved)
         return write_provenance(self.root, model_cfg, splits)
-
-    def clear_previous(self) -> None:
-        """A fresh run in a used run dir replaces the old run's metrics and checkpoints."""
-        if self.last_checkpoint.is_file():
-            log.warning(
-                "%s already holds checkpoints of an earlier run; starting fresh overwrites them "
-                "(use resume=auto to continue that run instead)",
-                self.root,
-            )
-        for old in checkpoints.candidates(self.root):  # else resume=auto could pick them up later
-            if old.name != self.last_checkpoint.name:
-                old.unlink()
-        for name in ("metrics.csv", tracking.RUN_ID_FILE, "load_failures.tsv"):
-            (self.root / name).unlink(missing_ok=True)
 
     def finish(self, model: Any, processor: Any, meta: dict, summary: dict) -> None:
         """Save ``model/`` (HF format, with its processor and ``meta``) and summary.json."""
         save_hf(model, processor, self.model_dir, meta=meta)
         self.summary_file.write_text(json.dumps(summary, indent=2))
-
-    def publish(self, cfg: Any, resolved: dict, loggers: list, **card: Any) -> None:
-        """The model card, the W&B model artifact and curves, and the hub push (``hub.push``)."""
-        write_card(self.model_dir, task=cfg.task.get("name"), config=resolved, **card)
-        tracking.log_to_wandb(loggers, self.model_dir, self.root / "metrics.csv", ["best"])
-        push_model_dir(self.model_dir, cfg.get("hub"))
 
     def read_split(self) -> tuple[DatasetSplits, dict[str, str]]:
         """The run's split exactly as training used it, and each file's recorded sha256 (see

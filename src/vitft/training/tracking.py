@@ -23,7 +23,10 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from vitft.core.plots import training_curves
+from vitft.modelio.card import write_card
 from vitft.modelio.checkpoint import BLOCK, read_checkpoint
+from vitft.modelio.hub import push_model_dir
+from vitft.training.checkpoints import candidates
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +160,30 @@ def finish() -> None:
 
         if wandb.run is not None:
             wandb.finish()
+
+
+def clear_previous(output_dir: Path) -> None:
+    """A fresh run in a used run dir replaces the old run's metrics, W&B id and checkpoints."""
+    last = output_dir / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        log.warning(
+            "%s already holds checkpoints of an earlier run; starting fresh overwrites them "
+            "(use resume=auto to continue that run instead)",
+            output_dir,
+        )
+    for old in candidates(output_dir):  # else resume=auto could pick them up later
+        if old.name != last.name:
+            old.unlink()
+    for name in ("metrics.csv", RUN_ID_FILE, "load_failures.tsv"):
+        (output_dir / name).unlink(missing_ok=True)
+
+
+def publish(output_dir: Path, cfg: DictConfig, resolved: dict, loggers: list, **card) -> None:
+    """The model card of ``<run>/model``, the W&B model artifact and curves, the hub push."""
+    model_dir = output_dir / "model"
+    write_card(model_dir, task=cfg.task.get("name"), config=resolved, **card)
+    log_to_wandb(loggers, model_dir, output_dir / "metrics.csv", ["best"])
+    push_model_dir(model_dir, cfg.get("hub"))
 
 
 def epoch_history(metrics_csv: str | Path) -> dict[str, tuple]:
