@@ -123,7 +123,8 @@ def start_server(
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    for _ in range(1200):
+    deadline = time.monotonic() + 600  # start-up takes minutes on a loaded 2-core machine
+    while time.monotonic() < deadline:
         try:
             if urllib.request.urlopen(url + "/ready", timeout=1).status == 200:
                 return proc, url
@@ -132,6 +133,7 @@ def start_server(
                 tail = log.read_text(errors="replace")[-2000:]
                 raise SystemExit(f"vitft serve exited: {tail}") from err
             time.sleep(0.1)
+    proc.terminate()
     raise SystemExit("vitft serve did not become ready")
 
 

@@ -195,10 +195,9 @@ class Service:
         size = self.predictor.transform(Image.new("RGB", (8, 8))).shape
         # warm-up: the first pass is the slowest; the reference needs the model too
         await self.batcher.submit(torch.zeros(1, *size), max(self.settings.timeout_s, 300))
-        s = self.settings
-        ref = await self.in_pool(
-            drift_reference, self.predictor, s.drift_reference, s.drift_reference_max, wait=None
-        )
+        s = self.settings  # the reference predicts up to drift.reference_max images: more time
+        args = (self.predictor, s.drift_reference, s.drift_reference_max)
+        ref = await self.in_pool(drift_reference, *args, wait=max(s.timeout_s, 900))
         self.metrics.drift.reference = ref
         self.ready = True
 
@@ -207,16 +206,14 @@ class Service:
         await self.batcher.stop()
         self.pool.shutdown(wait=False, cancel_futures=True)
 
-    async def in_pool(self, fn: Any, *args: Any, wait: float | None = -1.0) -> Any:
-        """``fn(*args)`` on the decode threads, within ``timeout_s`` (``wait=None``: no limit)."""
-        wait = self.settings.timeout_s if wait == -1.0 else wait
+    async def in_pool(self, fn: Any, *args: Any, wait: float | None = None) -> Any:
+        """``fn(*args)`` on the decode threads, within ``wait`` s (default: ``timeout_s``)."""
+        wait = self.settings.timeout_s if wait is None else wait
         future = asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
         try:
             return await asyncio.wait_for(future, wait)
         except asyncio.TimeoutError as err:
-            raise BadInput(
-                504, f"no answer within timeout_s={self.settings.timeout_s:g} s"
-            ) from err
+            raise BadInput(504, f"no answer within timeout_s={wait:g} s") from err
 
     async def forward(self, images: list[torch.Tensor]) -> list[torch.Tensor | Exception]:
         try:
