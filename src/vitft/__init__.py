@@ -44,5 +44,6 @@ __getattr__, __dir__ = attach(
     },
 )
 
+
 resolvers.register()  # ${vitft_root:} and ${vitft_run_dir:} in the configs
 OmegaConf.register_new_resolver("vitft_weights", weights_dir, replace=True)

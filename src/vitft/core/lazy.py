@@ -5,6 +5,7 @@ it runs."""
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +20,6 @@ def attach(package: str, names: dict[str, str]) -> tuple[Callable[[str], Any], C
         return getattr(importlib.import_module(names[name], package), name)
 
     def __dir__() -> list[str]:
-        return sorted(names)
+        return sorted({*vars(sys.modules[package]), *names})
 
     return __getattr__, __dir__
