@@ -99,10 +99,12 @@ def escape_curve(
     title: str,
 ) -> Figure:
     """Inspection: escape rate against false-reject rate as the threshold on P(defective) moves,
-    the chosen point and the top-class decision marked; the right panel zooms into low escapes."""
+    the chosen point and the top-class decision marked; the right panel zooms into the corner
+    where both are low, where an operating point should be."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
     top = max(0.2, 3 * (max_escape or 0), 1.5 * (chosen[1] if chosen else 0))
-    for ax, ylim in zip(axes, (1.0, top), strict=True):
+    right = max(0.25, 1.5 * argmax[0], 1.5 * (chosen[0] if chosen else 0))
+    for ax, (xmax, ymax) in zip(axes, ((1.0, 1.0), (min(right, 1.0), top)), strict=True):
         ax.plot(false_reject, escape, "-", color="tab:blue", lw=1.5, label="thresholds")
         ax.plot(*argmax, "s", color="gray", markeredgecolor="k", label="top class decides")
         if max_escape is not None:
@@ -113,11 +115,12 @@ def escape_curve(
             here = f"here: escape {chosen[1]:.3f}, false reject {chosen[0]:.3f}"
             ax.plot(*chosen, "o", color="tab:red", markersize=8, markeredgecolor="k",
                     label=f"{chosen_label}\n{here}")  # fmt: skip
-        ax.set(xlim=(-0.01, 1.01), ylim=(-0.005 * ylim * 2, ylim * 1.02))
+        # a margin below 0, so the segments along the axes stay visible
+        ax.set(xlim=(-0.03 * xmax, 1.02 * xmax), ylim=(-0.03 * ymax, 1.02 * ymax))
         ax.set(xlabel="false-reject rate (ok parts called defective)")
         ax.grid(alpha=0.3)
     axes[0].set(ylabel="escape rate (defective parts called ok)", title=title)
-    axes[1].set(title=f"escape rate up to {top:.2f}")
+    axes[1].set(title=f"zoom: escape rate up to {top:.2f}")
     axes[1].legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     return fig
