@@ -189,6 +189,11 @@ def main() -> None:
             proc.terminate()
             proc.wait(30)
 
+    report(results, requests, rounds, args, threads)
+
+
+def report(results: dict, requests: int, rounds: int, args: argparse.Namespace, threads: int):
+    """Print the table and the ratios, write results/serve.csv, end with the RESULT line."""
     rows = []
     for (side, conc), runs in results.items():
         lat = np.concatenate([np.array(r[1]) for r in runs])
