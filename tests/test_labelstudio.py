@@ -1,18 +1,36 @@
 """Label Studio exports read as manifests (data=manifest): JSON and JSON-MIN, single and multiple
-choices, skipped and unannotated tasks listed, and the policy for annotators who disagree."""
+choices, skipped and unannotated tasks listed, the policy for annotators who disagree, and the
+whole round trip through a real local Label Studio server."""
 
 from __future__ import annotations
 
+import csv
 import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import open_dict
 
-from tests.conftest import make_image
+from tests.conftest import CLASSES, CONF, TINY_VIT_CONFIG, make_cfg, make_dataset, make_image
+from vitft.apps.select import select
+from vitft.apps.train import train
 from vitft.core.errors import VitftError
 from vitft.data.check import check_manifest
 from vitft.data.labelstudio import read_export
 from vitft.data.manifest import scan_manifest
+from vitft.modelio.hf import save_hf
+from vitft.models.classifier import build_model
 
 
 def _ann(choices, created, cancelled=False):
@@ -131,3 +149,183 @@ def test_urls_that_are_not_local_files_are_named(tmp_path):
     assert "not a local file: https://example.com/a.png" in " ".join(
         b["detail"] for b in report.bad
     ) + " ".join(report.errors)
+
+
+# The real round trip: a Label Studio server of its own venv (label-studio pins Django and more
+# than vitft should carry), cached per version, so only the first run pays for the install.
+LS_VERSION = "1.23.2"
+LS_VENV = Path.home() / ".cache" / "vitft-test-venvs" / f"label-studio-{LS_VERSION}"
+# label-studio 1.23 calls sentry_sdk.init with an option sentry-sdk 3 removed.
+LS_PINS = [f"label-studio=={LS_VERSION}", "sentry-sdk<3"]
+
+# Runs in the Label Studio venv: the SDK (installed with label-studio) does what a person does.
+CLIENT = """
+import json, sys
+from label_studio_sdk import LabelStudio
+url, token, tasks_file, config_file, plan_file, out = sys.argv[1:7]
+ls = LabelStudio(base_url=url, api_key=token)
+project = ls.projects.create(title="vitft round trip", label_config=open(config_file).read())
+ls.projects.import_tasks(id=project.id, request=json.load(open(tasks_file)))
+plan = json.load(open(plan_file))
+for task in ls.tasks.list(project=project.id):
+    assert task.predictions and task.predictions[0].score, "the pre-annotation did not arrive"
+    for answer in plan[task.data["path"]]:
+        if answer == "skip":
+            ls.annotations.create(id=task.id, result=[], was_cancelled=True)
+        else:
+            value = {"choices": [answer]}
+            result = [dict(from_name="choice", to_name="image", type="choices", value=value)]
+            ls.annotations.create(id=task.id, result=result, lead_time=1.5)
+for kind in ("JSON", "JSON_MIN"):
+    parts = ls.projects.exports.download_sync(project.id, export_type=kind, download_all_tasks=True)
+    open(f"{out}/{kind}.json", "wb").write(b"".join(parts))
+"""
+
+
+def _label_studio_venv() -> Path:
+    done = LS_VENV / ".installed"
+    if not done.is_file():
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(LS_VENV)], check=True)
+        pip = [str(LS_VENV / "bin" / "python"), "-m", "pip", "install", "-q", *LS_PINS]
+        subprocess.run(pip, check=True, timeout=1800)
+        done.write_text(" ".join(LS_PINS))
+    return LS_VENV
+
+
+@pytest.fixture(scope="module")
+def label_studio(tmp_path_factory):
+    """(url, token, document root): a local server, SQLite in a temp dir, 127.0.0.1 only."""
+    venv = _label_studio_venv()
+    home = tmp_path_factory.mktemp("ls_home")
+    docs = tmp_path_factory.mktemp("ls_docs")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    token = secrets.token_hex(20)
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(home),
+        "LABEL_STUDIO_BASE_DATA_DIR": str(home),
+        "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
+        "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(docs),
+    }
+    cmd = [
+        str(venv / "bin" / "label-studio"),
+        "start",
+        "--no-browser",
+        "--internal-host",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "--data-dir",
+        str(home),
+        "--username",
+        "qa@vitft.test",
+        "--password",
+        secrets.token_hex(8),
+        "--user-token",
+        token,
+        "--enable-legacy-api-token",
+    ]
+    log = (home / "server.log").open("w")
+    server = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=home)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 900  # migrations on a busy 2-core CI machine
+        while True:
+            assert server.poll() is None, (home / "server.log").read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "label studio did not start in 15 minutes"
+            time.sleep(2)
+        yield url, token, docs
+    finally:
+        server.terminate()
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+
+
+@pytest.mark.slow
+def test_round_trip_through_a_real_label_studio(label_studio, tmp_path):
+    """select -> import into Label Studio -> annotate through the API -> export -> train."""
+    url, token, docs = label_studio
+    pool = docs / "pool"
+    make_dataset(docs / "src", counts={"train": 5})
+    pool.mkdir()
+    truth = {}
+    for f in sorted((docs / "src" / "train").rglob("*.png")):
+        truth[str(pool / f"{f.parent.name}_{f.name}")] = f.parent.name
+        shutil.copy2(f, pool / f"{f.parent.name}_{f.name}")
+    torch.manual_seed(0)
+    model, processor = build_model({"config": TINY_VIT_CONFIG}, {"name": "linear"}, sorted(CLASSES))
+    model_dir = save_hf(model, processor, tmp_path / "model")
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(
+            "select",
+            overrides=[
+                f"model_dir={model_dir}",
+                f"pool={pool}",
+                "budget=15",
+                "export=label_studio",
+                f"image_root={docs}",
+            ],
+        )
+    with open_dict(cfg):
+        cfg.output = str(tmp_path / "sel" / "selection.csv")
+    rows = select(cfg)
+    picked = [r["path"] for r in rows]
+    # what the annotators do: most answer once; one task skipped, one left alone, one argued over
+    plan = {p: [truth[p]] for p in picked}
+    plan[picked[0]] = ["skip"]
+    plan[picked[1]] = []
+    other = next(c for c in CLASSES if c != truth[picked[2]])
+    plan[picked[2]] = [truth[picked[2]], other, truth[picked[2]]]
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    (tmp_path / "export").mkdir()
+    client = [
+        str(LS_VENV / "bin" / "python"),
+        "-c",
+        CLIENT,
+        url,
+        token,
+        str(tmp_path / "sel" / "label_studio_tasks.json"),
+        str(tmp_path / "sel" / "label_config.xml"),
+        str(tmp_path / "plan.json"),
+        str(tmp_path / "export"),
+    ]
+    proc = subprocess.run(client, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    export = tmp_path / "export" / "JSON.json"
+    records, left_out = read_export(export)
+    got = {r["path"]: r["label"] for _, r in records}
+    assert got == {p: truth[p] for p in picked[2:]}  # the argued one by majority
+    assert [(x["kind"], x["path"]) for x in left_out] == [
+        ("skipped_task", picked[0]), ("unlabelled_task", picked[1])
+    ]  # fmt: skip
+    minimal, _ = read_export(tmp_path / "export" / "JSON_MIN.json", image_root=docs)
+    assert {r["path"]: r["label"] for _, r in minimal} == got
+
+    train_cfg = make_cfg(
+        tmp_path / "run",
+        None,
+        "data=manifest",
+        f"task.data_dir={export}",
+        "task.classes=null",
+        "data.val_fraction=0.2",
+        "data.test_fraction=0.2",
+    )
+    metrics, _ = train(train_cfg)
+    assert json.loads((tmp_path / "run" / "model" / "config.json").read_text())["id2label"] == {
+        str(i): c for i, c in enumerate(sorted(CLASSES))
+    }
+    split = list(csv.DictReader((tmp_path / "run" / "split_manifest.csv").open()))
+    assert {r["path"]: r["label"] for r in split} == got
+    assert "test/acc" in metrics or any(k.startswith("test") for k in metrics)

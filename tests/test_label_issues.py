@@ -1,0 +1,84 @@
+"""Label issues: out-of-fold probabilities, cleanlab's suspects, near-duplicates across splits,
+and check_data.py labels=true end to end (CSV, gallery, Label Studio review tasks)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+from hydra import compose, initialize_config_dir
+from omegaconf import open_dict
+from PIL import Image, PngImagePlugin
+
+from tests.conftest import CLASSES, CONF, make_dataset
+from vitft.apps.check_data import check_data
+from vitft.data.label_issues import find_issues, near_duplicates, out_of_fold_probs
+
+
+def test_flipped_labels_are_found_out_of_fold():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 4, size=(3, 16))
+    clean = np.repeat(np.arange(3), 40)
+    feats = centres[clean] + rng.normal(0, 1, size=(120, 16))
+    noisy = clean.copy()
+    flipped = rng.choice(120, 12, replace=False)
+    noisy[flipped] = (noisy[flipped] + 1 + rng.integers(0, 2, 12)) % 3
+    probs = out_of_fold_probs(feats, noisy, folds=5, seed=0)
+    assert probs.shape == (120, 3) and np.allclose(probs.sum(1), 1)
+    paths = [f"img_{i}.png" for i in range(120)]
+    issues = find_issues(paths, noisy, probs, feats, ["a", "b", "c"])
+    flagged = {int(x.path[4:-4]) for x in issues}
+    assert len(flagged & set(flipped)) >= 9 and len(flagged - set(flipped)) <= 2
+    for x in issues:  # the suggestion is the label before the flip
+        i = int(x.path[4:-4])
+        if i in set(flipped):
+            assert x.suggested == "abc"[clean[i]] and x.given == "abc"[noisy[i]]
+    scores = [x.score for x in issues]
+    assert scores[0] <= np.median(scores)  # ranked: the most likely wrong first
+
+
+def test_near_duplicates_by_feature_similarity():
+    rng = np.random.default_rng(1)
+    train = rng.normal(size=(20, 8))
+    test = np.vstack([rng.normal(size=(5, 8)), train[3] + rng.normal(0, 0.01, 8)])
+    assert [(i, j) for i, j, _ in near_duplicates(test, train, 0.25)] == [(5, 3)]
+    assert near_duplicates(100 * test[:5], 100 * train, 0.25) == []  # scale-free
+
+
+def test_check_data_labels_true_writes_what_a_person_acts_on(tmp_path):
+    root = make_dataset(tmp_path / "d", counts={"train": 10, "val": 3, "test": 3})
+    wrong = root / "train" / "red" / "red_train_000.png"
+    wrong.rename(root / "train" / "blue" / "moved_from_red.png")  # a red image labelled blue
+    leak = Image.open(root / "train" / "green" / "green_train_001.png")
+    info = PngImagePlugin.PngInfo()
+    info.add_text("exported", "again")  # other bytes, the same pixels: sha256 misses it
+    leak.save(root / "test" / "green" / "leak.png", pnginfo=info)
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(
+            "check_data",
+            overrides=[f"data_dir={root}", "labels=true", "model=vit_tiny",
+                       "label_issues.export=label_studio", "label_issues.folds=3"],
+        )  # fmt: skip
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / "out")
+        cfg.label_issues.cache_dir = str(tmp_path / "cache")
+    assert check_data(cfg) == 0
+    out = tmp_path / "out"
+    rows = list(csv.DictReader((out / "label_issues.csv").open()))
+    assert list(rows[0]) == ["rank", "path", "given", "suggested", "score", "p_given",
+                             "p_suggested", "outlier"]  # fmt: skip
+    assert all(r["given"] != r["suggested"] for r in rows)
+    assert {r["given"] for r in rows} <= set(CLASSES)
+    assert any(r["path"].endswith("moved_from_red.png") and r["suggested"] == "red" for r in rows)
+    with Image.open(out / "label_issues.png") as img:
+        assert img.width > 200
+    tasks = json.loads((out / "label_studio_review.json").read_text())
+    assert [t["data"]["path"] for t in tasks] == [r["path"] for r in rows]
+    assert [t["predictions"][0]["result"][0]["value"]["choices"] for t in tasks] == [
+        [r["suggested"]] for r in rows
+    ]
+    report = json.loads((out / "data_report.json").read_text())
+    near = [w for w in report["warnings"] if w["kind"] == "near_duplicate_across_splits"]
+    assert [w["path"] for w in near] == [str(root / "test" / "green" / "leak.png")]
+    assert "green_train_001.png" in near[0]["detail"]
