@@ -149,10 +149,13 @@ class Freeze(BaseFinetuning):
         super().on_fit_start(trainer, pl_module)  # on resume: restores the added param groups
         # Resumed mid-epoch, Lightning skips on_train_epoch_start (so finetune_function): the
         # restored groups' parameters, frozen again by freeze_before_training, must train.
+        before = trainable(pl_module.model)
         for optimizer in trainer.optimizers:
             for group in optimizer.param_groups:
                 for p in group["params"]:
                     p.requires_grad_(True)
+        if trainable(pl_module.model) != before:  # DDP was built for the frozen set: rewrap
+            resync_ddp(trainer)
         if type(self).unfreeze_at is not Freeze.unfreeze_at:
             check_staged_strategy(trainer, self.name)
         for optimizer in trainer.optimizers:
