@@ -71,3 +71,18 @@ def test_mixup_cutmix_label_smoothing_and_ema_train(tmp_path, tiny_data):
         if k.startswith("model.")
     )
     assert 0.0 <= metrics["val/acc"] <= 1.0
+
+
+def test_ema_decay_warms_up_so_a_short_run_is_not_its_initial_weights():
+    from vitft.training.factory import warmup_ema
+
+    avg = warmup_ema(0.998)
+    ema, current = torch.zeros(3), torch.ones(3)
+    # the first update takes 90% of the current weights, not 0.2%
+    assert torch.allclose(avg(ema, current, torch.tensor(0)), torch.full((3,), 0.9))
+    for n in range(240):
+        ema = avg(ema, current, torch.tensor(n))
+    assert float(ema[0]) > 0.99  # a fixed 0.998 would leave 1 - 0.998**240 = 0.38
+    # late in a long run the decay is the one asked for
+    late = avg(torch.zeros(1), torch.ones(1), torch.tensor(10**6))
+    assert float(late) == pytest.approx(1 - 0.998, rel=1e-4)

@@ -158,13 +158,28 @@ def use_channels_last(spec: Any, model: ImageClassifier) -> bool:
     return spec
 
 
+def warmup_ema(decay: float):
+    """AveragedModel's ``avg_fn``: EMA whose decay after n updates is min(decay, (1+n)/(10+n)),
+    timm's warmup. With a fixed decay of 0.998, 240 steps (a short run on a few hundred images)
+    still leave 62% of the average on the initial weights, and val/test/export use that average."""
+
+    def avg(ema: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor) -> torch.Tensor:
+        n = num_averaged.to(ema.dtype)
+        d = torch.clamp((1 + n) / (10 + n), max=decay)
+        return d * ema + (1 - d) * current
+
+    return avg
+
+
 def ema_callbacks(cfg: DictConfig) -> list[Callback]:
     """``ema_decay``: an exponential moving average of the weights, used for val/test/export."""
     if not cfg.get("ema_decay"):
         return []
     from lightning.pytorch.callbacks import EMAWeightAveraging  # only in newer Lightning releases
 
-    return [EMAWeightAveraging(decay=float(cfg.ema_decay))]
+    ema = EMAWeightAveraging(decay=float(cfg.ema_decay))
+    ema._kwargs["avg_fn"] = warmup_ema(float(cfg.ema_decay))  # the AveragedModel's, at setup
+    return [ema]
 
 
 def build_trainer(cfg: DictConfig, callbacks: list[Callback], loggers: list) -> L.Trainer:
