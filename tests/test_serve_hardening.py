@@ -349,3 +349,12 @@ def test_json_item_with_bad_base64_is_an_item_error(model_dir):
         r = c.post("/predict", json={"images": [base64.b64encode(png(1)).decode(), "%%%"]})
     rows = r.json()["predictions"]
     assert r.status_code == 200 and rows[0]["confidence"] > 0 and "base64" in rows[1]["error"]
+
+
+def test_bodies_in_memory_are_capped_across_requests(model_dir):
+    with client(model_dir, max_uploads_mb=1e-5) as c:  # 10 bytes for all uploads together
+        r = c.post("/predict", content=png(1), headers={"Content-Type": "image/png"})
+        after = c.get("/health")
+        held = c.app.buffered  # the gate gave back what the refused body held
+    assert held == 0 and r.status_code == 503 and r.headers["Retry-After"] == "1"
+    assert "max_uploads_mb=1e-05" in r.json()["detail"] and after.status_code == 200

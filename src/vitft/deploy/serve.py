@@ -104,7 +104,8 @@ def create_app(model_dir: str | Path, predictor: Predictor, settings: ServeSetti
     app.state.service = svc
     _routes(app, svc)
     access = Access(settings.api_key or None, tuple(settings.allowed_hosts))
-    gate = Gate(app, access, svc.max_bytes, settings.body_timeout_s, svc.metrics.request)
+    uploads = int(settings.max_uploads_mb * 1e6)
+    gate = Gate(app, access, svc.max_bytes, settings.body_timeout_s, svc.metrics.request, uploads)
     if not settings.cors_origins:  # off by default: browsers on other origins get no answer
         return gate
     return CORSMiddleware(
@@ -131,6 +132,7 @@ def settings_from(cfg: Any) -> ServeSettings:
         max_pixels=int(cfg.get("max_pixels") or 40_000_000),
         image_formats=formats,
         body_timeout_s=float(cfg.get("body_timeout_s") or 60),
+        max_uploads_mb=float(cfg.get("max_uploads_mb") or 0),
         timeout_s=float(cfg.get("timeout_s") or 60),
         decode_threads=int(cfg.get("decode_threads") or 2),
         api_key=str(cfg.get("api_key") or os.environ.get(API_KEY_ENV) or "") or None,

@@ -79,8 +79,11 @@ class Gate:
         max_bytes: int,
         body_timeout_s: float,
         observe: Callable[[str, int, float], None] | None = None,
+        max_buffered: int = 0,
     ):
         self.app = app
+        self.max_buffered = max_buffered  # body bytes of all requests in progress; 0: no cap
+        self.buffered = 0
         self.access = access
         self.max_bytes = max_bytes
         self.body_timeout_s = body_timeout_s
@@ -105,8 +108,9 @@ class Gate:
     def _too_big(self) -> str:
         return f"request body over max_request_mb={self.max_bytes / 1e6:g} MB"
 
-    async def read_body(self, receive: Callable) -> bytes:
-        """The whole body, within ``max_bytes`` and ``body_timeout_s`` (chunked bodies too)."""
+    async def read_body(self, receive: Callable, held: list[int]) -> bytes:
+        """The whole body, within ``max_bytes`` and ``body_timeout_s`` (chunked bodies too);
+        ``held[0]`` counts its bytes in ``buffered`` until the caller gives them back."""
         deadline = time.monotonic() + self.body_timeout_s
         chunks, seen = [], 0
         while True:
@@ -121,8 +125,14 @@ class Gate:
                 raise ClientGone
             chunk = message.get("body", b"")
             seen += len(chunk)
+            held[0] += len(chunk)
+            self.buffered += len(chunk)
             if seen > self.max_bytes > 0:
                 raise BadInput(413, self._too_big())
+            if self.buffered > self.max_buffered > 0:
+                raise BadInput(
+                    503, f"uploads in progress over max_uploads_mb={self.max_buffered / 1e6:g}"
+                )
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
@@ -163,10 +173,21 @@ class Gate:
             status, reason = refused
             extra = [(b"www-authenticate", b"Bearer")] if status == 401 else []
             return await send_json(send, status, {"detail": reason, "request_id": rid}, extra)
+        held = [0]
         try:
-            body = await self.read_body(receive)
+            await self._serve_body(scope, receive, send, rid, held)
+        finally:
+            self.buffered -= held[0]
+
+    async def _serve_body(
+        self, scope: dict, receive: Callable, send: Callable, rid: str, held: list[int]
+    ) -> None:
+        try:
+            body = await self.read_body(receive, held)
         except BadInput as err:
-            return await send_json(send, err.status, {"detail": err.reason, "request_id": rid})
+            retry = [(b"retry-after", b"1")] if err.status == 503 else []
+            doc = {"detail": err.reason, "request_id": rid}
+            return await send_json(send, err.status, doc, retry)
         replayed = False
 
         async def replay() -> dict:

@@ -60,6 +60,7 @@ class ServeSettings:
     max_pixels: int = 40_000_000
     image_formats: tuple[str, ...] = DEFAULT_FORMATS
     body_timeout_s: float = 60.0
+    max_uploads_mb: float = 1000.0  # bodies held in memory by all requests together
     timeout_s: float = 60.0
     decode_threads: int = 2
     api_key: str | None = None
