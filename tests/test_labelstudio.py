@@ -252,10 +252,9 @@ def label_studio(tmp_path_factory):
         log.close()
 
 
-@pytest.mark.slow
-def test_round_trip_through_a_real_label_studio(label_studio, tmp_path):
-    """select -> import into Label Studio -> annotate through the API -> export -> train."""
-    url, token, docs = label_studio
+def _select_picks(docs: Path, tmp_path: Path) -> tuple[list[str], dict[str, str]]:
+    """select export=label_studio over a pool under Label Studio's document root: (picked
+    paths, each pool image's true class)."""
     pool = docs / "pool"
     make_dataset(docs / "src", counts={"train": 5})
     pool.mkdir()
@@ -266,21 +265,19 @@ def test_round_trip_through_a_real_label_studio(label_studio, tmp_path):
     torch.manual_seed(0)
     model, processor = build_model({"config": TINY_VIT_CONFIG}, {"name": "linear"}, sorted(CLASSES))
     model_dir = save_hf(model, processor, tmp_path / "model")
+    overrides = [f"model_dir={model_dir}", f"pool={pool}", "budget=15", "export=label_studio"]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(
-            "select",
-            overrides=[
-                f"model_dir={model_dir}",
-                f"pool={pool}",
-                "budget=15",
-                "export=label_studio",
-                f"image_root={docs}",
-            ],
-        )
+        cfg = compose("select", overrides=[*overrides, f"image_root={docs}"])
     with open_dict(cfg):
         cfg.output = str(tmp_path / "sel" / "selection.csv")
-    rows = select(cfg)
-    picked = [r["path"] for r in rows]
+    return [r["path"] for r in select(cfg)], truth
+
+
+@pytest.mark.slow
+def test_round_trip_through_a_real_label_studio(label_studio, tmp_path):
+    """select -> import into Label Studio -> annotate through the API -> export -> train."""
+    url, token, docs = label_studio
+    picked, truth = _select_picks(docs, tmp_path)
     # what the annotators do: most answer once; one task skipped, one left alone, one argued over
     plan = {p: [truth[p]] for p in picked}
     plan[picked[0]] = ["skip"]
