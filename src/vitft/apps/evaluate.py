@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import transformers
 from omegaconf import OmegaConf
@@ -27,11 +26,10 @@ from torchmetrics.functional.classification import (
     multiclass_confusion_matrix,
     multiclass_f1_score,
     multiclass_precision,
-    multiclass_precision_recall_curve,
     multiclass_recall,
-    multiclass_roc,
 )
 
+from vitft.apps.evaluate_figures import split_figures
 from vitft.apps.evaluate_inspection import inspection
 from vitft.apps.evaluate_multilabel import evaluate_multilabel, summary_line
 from vitft.apps.evaluate_ood import ood_metrics
@@ -39,24 +37,13 @@ from vitft.core import html, plots
 from vitft.core.errors import VitftError
 from vitft.core.hardware import loader_options
 from vitft.data.folder import class_folders, list_images
-from vitft.data.images import load_image
 from vitft.data.sources import scan_data, source_of
 from vitft.deploy.backends import ExportedBackend
-from vitft.deploy.explain import Explainer, methods_for, usable_methods
 from vitft.deploy.predictor import Predictor, Results
 from vitft.run.rundir import own_run, run_samples
 from vitft.training import tracking
 
 log = logging.getLogger(__name__)
-
-FIGURES = {
-    "confusion_matrix": "confusion matrix: counts and row-normalised",
-    "pr_curves": "precision-recall curves per class",
-    "roc_curves": "ROC curves per class",
-    "reliability": "reliability diagram (calibration)",
-    "errors": "worst misclassified images",
-    "heatmaps": "where the model looked (attention rollout, Grad-CAM)",
-}  # and escape_curve, captioned with its operating point (evaluate_inspection)
 
 
 def compute_metrics(
@@ -100,15 +87,6 @@ def compute_metrics(
     }
     metrics["confusion_matrix"] = multiclass_confusion_matrix(probs, target, n).tolist()
     return metrics
-
-
-def _curves(probs: torch.Tensor, target: torch.Tensor, classes: list[str], kind: str) -> dict:
-    n = len(classes)
-    if kind == "roc":
-        xs, ys, _ = multiclass_roc(probs, target, n)
-    else:
-        ys, xs, _ = multiclass_precision_recall_curve(probs, target, n)
-    return {c: (xs[i].numpy(), ys[i].numpy()) for i, c in enumerate(classes)}
 
 
 def _class_map(data_classes: list[str], model_labels: list[str]) -> list[int]:
@@ -168,35 +146,6 @@ def write_predictions_csv(path: Path, results: Results, true: list[str], labels:
                 + ([f"{p.p_defective:.8f}", int(bool(p.defective))] if verdict else [])
             )
     return path
-
-
-def _heatmap_samples(true: torch.Tensor, pred: torch.Tensor, per_class: int) -> list[int]:
-    """Per true class: its first correct and first misclassified images, up to ``per_class``."""
-    picks: list[int] = []
-    for c in torch.unique(true).tolist():
-        idx = (true == c).nonzero().flatten().tolist()
-        right = [i for i in idx if pred[i] == c]
-        wrong = [i for i in idx if pred[i] != c]
-        chosen = (right[:1] + wrong[:1] + right[1:] + wrong[1:])[:per_class]
-        picks += sorted(chosen)
-    return picks
-
-
-def _heatmaps(predictor: Predictor, paths, titles, preds, cfg) -> tuple[Any | None, str]:
-    """(figure or None, what the report says about heatmaps)."""
-    model = predictor.backend.torch_model
-    if model is None:
-        return None, f"none: a {predictor.backend.description} export has no PyTorch model"
-    if not methods_for(model):
-        return None, "none: explain supports ViT, MobileViT and ConvNeXt backbones"
-    labels = predictor.labels
-    explainer = Explainer(model.cpu(), float(cfg.discard_ratio), str(cfg.head_fusion))
-    images = [load_image(p) for p in paths]
-    pixels = torch.stack([predictor.transform(img) for img in images])
-    methods = usable_methods(explainer, cfg.methods)
-    maps = explainer.explain(pixels, methods, torch.as_tensor(preds))
-    fig = plots.heatmap_figure(images, maps, titles, [labels[i] for i in preds.tolist()])
-    return fig, "heatmaps.png"
 
 
 def _fp32_reference(predictor: Predictor, results: Results, target: torch.Tensor, cfg) -> dict:
@@ -312,7 +261,9 @@ def evaluate(cfg: Any) -> dict[str, Any]:
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     true_names = [labels[t] for t in scored.target.tolist()]
     write_predictions_csv(out_dir / "predictions.csv", scored.results, true_names, labels)
-    figures = _figures(cfg, predictor, scored, metrics, out_dir)
+    figures = split_figures(
+        cfg, predictor, scored.results, scored.probs, scored.target, metrics, out_dir
+    )
     if view:  # right after the confusion matrix and the PR/ROC curves in the report
         curve = (plots.save(view.figure(), out_dir / "escape_curve.png"), view.caption())
         figures = {"escape_curve": curve, **figures}
@@ -351,54 +302,6 @@ def _split_metrics(cfg: Any, predictor: Predictor, scored: Scored) -> dict[str, 
         }
     )
     return metrics
-
-
-def _figures(cfg, predictor: Predictor, scored: Scored, metrics: dict, out_dir: Path) -> dict:
-    """The PNGs of one split: {name: (path, caption)}; sets ``metrics["heatmaps"]``."""
-    labels, probs, target = predictor.labels, scored.probs, scored.target
-    figures: dict[str, tuple[Path, str]] = {}
-
-    def add(name: str, fig) -> None:
-        figures[name] = (plots.save(fig, out_dir / f"{name}.png"), FIGURES[name])
-
-    add("confusion_matrix", plots.confusion_matrix(np.array(metrics["confusion_matrix"]), labels))
-    pc = metrics["per_class"]
-    for kind in ("pr", "roc"):
-        area = {c: pc[c]["average_precision" if kind == "pr" else "auroc"] for c in labels}
-        add(f"{kind}_curves", plots.curves(_curves(probs, target, labels, kind), area, kind))
-    conf, pred = probs.max(-1)
-    add(
-        "reliability",
-        plots.reliability(
-            conf.numpy(), (pred == target).numpy(), int(cfg.ece_bins), metrics["ece"]
-        ),
-    )
-    titles = [
-        f"{Path(p.path).name}\ntrue {labels[t]} / pred {labels[k]} {c:.2f}"
-        for p, t, k, c in zip(scored.results.predictions, target, pred, conf, strict=True)
-    ]
-    wrong = (pred != target).nonzero().flatten()
-    worst = wrong[conf[wrong].argsort(descending=True)][: int(cfg.errors_max)].tolist()
-    images = [load_image(scored.results.predictions[i].path) for i in worst]
-    add(
-        "errors",
-        plots.image_grid(
-            images,
-            [titles[i] for i in worst],
-            suptitle=f"{len(wrong)} of {len(target)} misclassified; the most confident "
-            f"{len(worst)}",
-        ),
-    )
-    metrics["heatmaps"] = "none: explain.per_class=0"
-    if cfg.explain.get("per_class", 0) > 0:
-        picks = _heatmap_samples(target, pred, int(cfg.explain.per_class))
-        paths = [scored.results.predictions[i].path for i in picks]
-        fig, metrics["heatmaps"] = _heatmaps(
-            predictor, paths, [titles[i] for i in picks], pred[picks], cfg.explain
-        )
-        if fig is not None:
-            add("heatmaps", fig)
-    return figures
 
 
 def _summary(metrics: dict) -> str:

@@ -1,12 +1,10 @@
 """Predict labels for image files: one ``Predictor`` over any inference backend.
 
 A backend is anything that maps a float32 pixel batch ``(N, 3, H, W)`` to logits ``(N, classes)``
-(``vitft.deploy.backends``: PyTorch, or any export folder). The ``Predictor`` owns what is
-the same for every backend: decoding (``load_image``), the model's own preprocessing
-(``ImageTransform``), batching, test-time augmentation, the reject option, the unknown flag (an
-OOD score on the backbone features, from the PyTorch model or an export that computes it) and
-bad-file handling, and with an inspection operating point (``task.ok_classes`` + a threshold
-on P(defective), ``vitft.models.operating_point``) the defective verdict.
+(``vitft.deploy.backends``: PyTorch, or any export folder). The ``Predictor`` owns what is the
+same for every backend: decoding, the model's own preprocessing (``ImageTransform``), batching,
+TTA, the reject option, the unknown flag (an OOD score on the backbone features, from the PyTorch
+model or an export that computes it), the defective verdict of an operating point, bad files.
 Never imports Lightning: a checkpoint is read with ``torch.load(weights_only=True)``.
 """
 
@@ -37,7 +35,7 @@ from vitft.modelio.ood import has_ood, load_ood
 from vitft.modelio.operating_point import load_operating_point
 from vitft.models.multilabel import DEFAULT_THRESHOLD, decide, is_multilabel, label_sets
 from vitft.models.ood import OODScorer
-from vitft.models.operating_point import OperatingPoint, check_ok_classes
+from vitft.models.operating_point import OperatingPoint, for_model
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +74,8 @@ class Prediction:
     # the training data; unknown: above the scorer's threshold (then label is "unknown"). Else None.
     ood_score: float | None = None
     unknown: bool | None = None
-    # With an operating point (model/operating_point.json, or an export's metadata): P(defective)
-    # = 1 - sum of the ok classes' probabilities, and defective = p_defective >= its threshold.
-    # ``label`` stays the class decision: an ok label can come with defective=True. Else None.
+    # With an operating point (model/operating_point.json, an export's metadata): defective is
+    # p_defective >= its threshold; label stays the class (it may be an ok one). Else None.
     p_defective: float | None = None
     defective: bool | None = None
 
@@ -190,11 +187,7 @@ class Predictor:
             per_class = {c: float(tuned.get(c, default)) for c in self.labels}
         per_class.update({c: float(t) for c, t in (class_thresholds or {}).items()})
         self.thresholds = torch.tensor([per_class[c] for c in self.labels])
-        if operating_point is not None:
-            if multilabel:
-                raise VitftError("an operating point (ok_classes) is for single-label models")
-            check_ok_classes(operating_point.ok_classes, self.labels, "operating point ok_classes")
-        self.operating_point = operating_point
+        self.operating_point = for_model(operating_point, self.labels, multilabel)
 
     @classmethod
     def from_path(
@@ -220,18 +213,16 @@ class Predictor:
                     meta.get("source_model"),
                 )
             processor = AutoImageProcessor.from_pretrained(model_dir)
-            point = metadata_operating_point(meta)
-            args = {**_multilabel_args(meta), "ood": scorer, "operating_point": point}
-            return cls(backend, meta["labels"], processor, **{**args, **kwargs})
+            args = {"ood": scorer, "operating_point": metadata_operating_point(meta), **kwargs}
+            return cls(backend, meta["labels"], processor, **_multilabel_args(meta), **args)
         model, processor = load_classifier(model_dir, ckpt_path)
         meta = {"multilabel": is_multilabel(model.config)}
         if model_dir:
             meta.update(model_info(model_dir))
         backend = TorchBackend(model, device, meta.get("training_precision", ""))
         scorer = load_ood(model_dir) if ood and has_ood(model_dir) else None
-        point = load_operating_point(model_dir, model.labels)
-        args = {**_multilabel_args(meta), "ood": scorer, "operating_point": point}
-        return cls(backend, model.labels, processor, **{**args, **kwargs})
+        kwargs.setdefault("operating_point", load_operating_point(model_dir, model.labels))
+        return cls(backend, model.labels, processor, **_multilabel_args(meta), ood=scorer, **kwargs)
 
     def probabilities(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Softmax (multi-label: per-class sigmoid) probabilities ``(N, classes)``, averaged over
@@ -300,17 +291,14 @@ class Predictor:
         ms: list[float],
         ood_scores: torch.Tensor | None = None,
     ) -> list[Prediction]:
-        """One Prediction per row of ``probs`` (labels, reject option, unknown flag, defective
-        verdict, latency)."""
+        """One Prediction per row of ``probs`` (labels, reject, unknown flag, verdict, latency)."""
         if self.multilabel:
             out = self._label_sets(paths, probs, ms)
         else:
             out = self._single_label(paths, probs, ms)
-        point = self.operating_point
-        if point is not None:
-            scores = point.scores(probs, self.labels)
-            for p, score, bad in zip(out, scores.tolist(), point.defective(scores), strict=True):
-                p.p_defective, p.defective = score, bool(bad)
+        if point := self.operating_point:
+            for p, verdict in zip(out, point.verdicts(probs, self.labels), strict=True):
+                p.p_defective, p.defective = verdict
         if ood_scores is not None and self.ood is not None:
             unknown = self.ood.unknown(ood_scores)
             for i, p in enumerate(out):

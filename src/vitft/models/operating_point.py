@@ -49,6 +49,17 @@ def check_ok_classes(
     return ok
 
 
+def for_model(
+    point: OperatingPoint | None, labels: Sequence[str], multilabel: bool = False
+) -> OperatingPoint | None:
+    """``point`` checked against a model's ``labels`` (None stays None)."""
+    if point is not None:
+        if multilabel:  # 1 - the ok classes' sigmoids is no probability
+            raise VitftError("an operating point (ok_classes) is for single-label models")
+        check_ok_classes(point.ok_classes, labels, "operating point ok_classes")
+    return point
+
+
 def p_defective(
     probs: torch.Tensor, labels: Sequence[str], ok_classes: Sequence[str]
 ) -> torch.Tensor:
@@ -139,6 +150,11 @@ class OperatingPoint:
 
     def defective(self, scores: torch.Tensor) -> torch.Tensor:
         return scores >= self.threshold
+
+    def verdicts(self, probs: torch.Tensor, labels: Sequence[str]) -> list[tuple[float, bool]]:
+        """(P(defective), defective) per row of ``probs``."""
+        scores = self.scores(probs, labels)
+        return list(zip(scores.tolist(), self.defective(scores).tolist(), strict=True))
 
     def to_dict(self) -> dict[str, Any]:
         return {
