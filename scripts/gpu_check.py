@@ -119,7 +119,7 @@ def check_loop(device: str, dry: bool, tmp: Path) -> None:
     epoch of each fit, warm-up, left out)."""
     from vitft.models.classifier import build_model
 
-    model_name, batch, steps, epochs, reps = ("tiny", 8, 4, 2, 2) if dry else ("base", 64, 20, 3, 3)
+    model_name, batch, steps, epochs, reps = ("tiny", 8, 2, 2, 2) if dry else ("base", 64, 20, 3, 3)
     precision = "bf16-mixed" if device == "cuda" else "32-true"
     accel = "gpu" if device == "cuda" else "cpu"
     cfg = compose(
