@@ -454,15 +454,17 @@ SYMPTOMS: dict[str, Callable[[Rng, Leaf, np.ndarray], None] | None] = {
 }
 
 
-def pest_image(rng: Rng, cls: str) -> Image.Image:
-    """Render one leaf image of class ``cls``."""
+def pest_image(
+    rng: Rng, cls: str, symptom: Callable[[Rng, Leaf, np.ndarray], None] | None = None
+) -> Image.Image:
+    """Render one leaf image of class ``cls`` (``symptom``: drawn instead of the class's)."""
     if cls not in SYMPTOMS:
         raise ValueError(f"unknown pest class {cls!r}")
     img = pest_background(rng)
     leaf = make_leaf(rng)
     blade = leaf_colors(rng, leaf)
     stalk_color = np.median(blade[leaf.alpha >= 1.0], axis=0) * 0.8
-    symptom = SYMPTOMS[cls]
+    symptom = symptom or SYMPTOMS[cls]
     if symptom is not None:
         symptom(rng, leaf, blade)
 
@@ -483,6 +485,97 @@ def pest_image(rng: Rng, cls: str) -> Image.Image:
     img = img * (1.0 - a) + blade * a
     img *= illumination(rng, (0.03, 0.15))
     return finish(rng, img)
+
+
+# --------------------------------------------------------------------------------------------
+# Unknown morphologies: defect types no class shows, drawn only as unknowns for the OOD benchmark
+# (benchmarks/unknown_morphology.py), never written into a training split. Each has a ``scale``
+# (SCALES): how much of the part it covers.
+# --------------------------------------------------------------------------------------------
+
+SCALES = {"small": 0.5, "medium": 1.0, "large": 1.7}
+
+
+def _wavy_line(rng: Rng, cx: float, cy: float, length: float) -> np.ndarray:
+    """Points of a smooth sinusoidal line (a scratch or a miner's trail; a crack is jagged)."""
+    t = np.linspace(-0.5, 0.5, 60) * length
+    amp, period = rng.uniform(0.0, 4.0), rng.uniform(15.0, 40.0)
+    off = amp * np.sin(2 * np.pi * t / period + rng.uniform(0, 2 * np.pi))
+    a = rng.uniform(0.0, np.pi)
+    return np.stack([cx + t * np.cos(a) - off * np.sin(a), cy + t * np.sin(a) + off * np.cos(a)], 1)
+
+
+def _stroke(points_list: list[np.ndarray], width: float) -> np.ndarray:
+    """Anti-aliased coverage of polylines ``width`` pixels wide."""
+    scale = 4
+    canvas = Image.new("L", (SIZE * scale, SIZE * scale), 0)
+    draw = ImageDraw.Draw(canvas)
+    for pts in points_list:
+        draw.line([(x * scale, y * scale) for x, y in pts], 255, round(width * scale), "curve")
+    return np.asarray(canvas.resize((SIZE, SIZE), Image.Resampling.BOX), np.float64) / 255.0
+
+
+def _patch(rng: Rng, cx: float, cy: float, radius: float) -> np.ndarray:
+    """Soft-edged irregular blob coverage in [0, 1] of about ``radius``."""
+    wobble = 1.0 + 0.35 * (value_noise(rng, 5) - 0.5)
+    d = np.hypot(XX - cx, YY - cy) / (radius * wobble)
+    return np.clip((1.0 - d) * 3.0, 0.0, 1.0)
+
+
+def scratches(rng: Rng, img: np.ndarray, s: float, where: Callable[[], tuple]) -> None:
+    """1-3 thin, smooth, bright (specular) lines: line-like, but straight and light."""
+    lines = [_wavy_line(rng, *where(), rng.uniform(20, 40) * s) for _ in range(rng.integers(1, 4))]
+    cover = _stroke(lines, rng.uniform(0.8, 1.6))
+    blend(img, cover * rng.uniform(0.5, 0.8), img.mean((0, 1)) * 1.8 + 0.15)
+
+
+def pits(rng: Rng, img: np.ndarray, s: float, where: Callable[[], tuple]) -> None:
+    """A cluster of small dark round pits, each with a faint bright rim."""
+    cx, cy = where()
+    for _ in range(int(rng.integers(6, 12) * s) + 2):
+        x, y = np.array([cx, cy]) + rng.normal(0.0, 5.0 * s, 2)
+        r = rng.uniform(0.8, 1.8)
+        blend(img, np.clip(disc(x + 0.6, y + 0.6, r + 0.7) - disc(x, y, r), 0, 1) * 0.4, (1, 1, 1))
+        blend(img, disc(x, y, r), img.mean((0, 1)) * 0.2)
+
+
+def texture(rng: Rng, img: np.ndarray, s: float, where: Callable[[], tuple]) -> None:
+    """A patch of coarse granular texture (corrosion, powdery mildew), no change of mean."""
+    cover = _patch(rng, *where(), rng.uniform(9, 13) * s)
+    grain = rng.random((SIZE, SIZE))
+    grain = np.asarray(Image.fromarray((grain * 255).astype(np.uint8)).resize((SIZE // 2,) * 2))
+    grain = np.asarray(Image.fromarray(grain).resize((SIZE, SIZE), Image.Resampling.NEAREST))
+    img *= (1.0 + cover * rng.uniform(0.8, 1.1) * (grain / 255.0 - 0.5))[..., None]
+
+
+def discolour(rng: Rng, img: np.ndarray, s: float, where: Callable[[], tuple]) -> None:
+    """A soft patch of another colour and brightness (heat tint, bleaching, burn)."""
+    cover = _patch(rng, *where(), rng.uniform(7, 11) * s)
+    tint = rng.choice([(0.45, 0.35, 0.9), (1.3, 1.2, 0.5), (0.9, 0.45, 0.3), (1.6, 1.6, 1.6)])
+    img *= 1.0 + cover[..., None] * (np.asarray(tint) * rng.uniform(0.8, 1.1) - 1.0)
+
+
+MORPHOLOGIES: dict[str, Callable[..., None]] = {
+    "scratch": scratches,
+    "pits": pits,
+    "texture": texture,
+    "discolour": discolour,
+}
+
+
+def unknown_image(rng: Rng, dataset: str, kind: str, scale: str) -> Image.Image:
+    """One ``dataset`` (defect: a surface; pest: a leaf) image with a ``kind`` (MORPHOLOGIES)
+    defect of ``scale`` (SCALES) that none of its classes shows."""
+    draw, s = MORPHOLOGIES[kind], SCALES[scale]
+    if dataset == "defect":
+        img = surface(rng)
+        draw(rng, img, s, lambda: tuple(rng.uniform(24, SIZE - 24, 2)))
+        img *= illumination(rng)
+        return finish(rng, img)
+    if dataset == "pest":
+        blight = lambda r, leaf, blade: draw(r, blade, s, lambda: leaf.sample(r, 0.5))  # noqa: E731
+        return pest_image(rng, "healthy", symptom=blight)
+    raise ValueError(f"unknown dataset {dataset!r}: defect or pest")
 
 
 # --------------------------------------------------------------------------------------------

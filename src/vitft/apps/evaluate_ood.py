@@ -1,5 +1,5 @@
 """eval's unknown-defect block: the OOD score on the evaluated images, and with ``ood_dir``
-(images of classes the model never saw) its AUROC and false-accept rate."""
+(images of classes the model never saw) its AUROC, false-accept rate and operating curve."""
 
 from __future__ import annotations
 
@@ -44,6 +44,32 @@ def ood_metrics(predictor: Predictor, results: Results, ood_dir: str | None, cfg
                 "ood_images": len(unknown),
                 "auroc": auroc(known, unknown),
                 "false_accept": float((~scorer.unknown(unknown)).float().mean()),
+                # the shipped point and the trade around it (ood.acceptance moves along it)
+                "operating_point": {
+                    "false_alarm": 1.0 - out["known_accepted"],
+                    "flagged": float(scorer.unknown(unknown).float().mean()),
+                },
+                "curve": operating_curve(known, unknown),
             }
         )
     return out
+
+
+# False-alarm rates on the known images the curve is read at.
+CURVE_FALSE_ALARMS = (0.01, 0.02, 0.05, 0.1, 0.2)
+
+
+def operating_curve(known: torch.Tensor, unknown: torch.Tensor) -> list[dict]:
+    """For each false-alarm rate on the ``known`` images: the threshold that gives it and the
+    share of ``unknown`` images it flags (the ROC read at the rates a line can live with)."""
+    points = []
+    for rate in CURVE_FALSE_ALARMS:
+        threshold = float(torch.quantile(known.double(), 1.0 - rate))
+        points.append(
+            {
+                "false_alarm": float((known > threshold).float().mean()),
+                "flagged": float((unknown > threshold).float().mean()),
+                "threshold": threshold,
+            }
+        )
+    return points
