@@ -126,6 +126,10 @@ def test_eval_reports_ood_auroc_for_an_ood_dir(run, ood_data, noise_dir, tmp_pat
     assert ood["ood_images"] == 12 and ood["method"] == "mahalanobis"
     assert ood["auroc"] > 0.9
     assert 0.0 <= ood["false_accept"] <= 1.0 and 0.0 <= ood["known_accepted"] <= 1.0
+    # the shipped point, and the curve: more of the unknowns flagged at more false alarms
+    assert ood["operating_point"]["flagged"] == pytest.approx(1.0 - ood["false_accept"])
+    flagged = [p["flagged"] for p in ood["curve"]]
+    assert len(flagged) == 5 and flagged == sorted(flagged)
     assert json.loads((tmp_path / "metrics.json").read_text())["ood"]["auroc"] == ood["auroc"]
     rows = list(csv.DictReader((tmp_path / "predictions.csv").open()))
     assert len(rows) == 18 and all(r["ood_score"] for r in rows)
