@@ -313,6 +313,7 @@ def test_round_trip_through_a_real_label_studio(label_studio, tmp_path):
     train_cfg = make_cfg(
         tmp_path / "run",
         None,
+        "task=folder",
         "data=manifest",
         f"task.data_dir={export}",
         "task.classes=null",
