@@ -297,7 +297,11 @@ def _split_metrics(cfg: Any, predictor: Predictor, scored: Scored) -> dict[str, 
             "classes": predictor.labels,
             "bad_files": [{"path": b.path, "reason": b.reason} for b in scored.results.bad_files],
             "tta": bool(cfg.get("tta")),
-            "backend": {"format": backend.name, "precision": backend.precision},
+            "backend": {
+                "format": backend.name,
+                "precision": backend.precision,
+                "providers": list(backend.providers),  # what really ran it (e.g. CUDA)
+            },
             **_fp32_reference(predictor, scored.results, scored.target, cfg),
         }
     )
