@@ -24,3 +24,19 @@ class RankWeights(Callback):
         self.path.mkdir(parents=True, exist_ok=True)
         out = self.path / f"rank{trainer.global_rank}.json"
         out.write_text(json.dumps({"weights": h.hexdigest(), "trainable": trainable}))
+
+
+def max_diff(a: dict, b: dict) -> float:
+    """The largest absolute difference between two state dicts with the same keys."""
+    assert a.keys() == b.keys()
+    return max((a[k].double() - b[k].double()).abs().max().item() for k in a if a[k].numel())
+
+
+def optimizer_tensors(ckpt: dict) -> dict:
+    """Every tensor of a checkpoint's optimizer states (moments, step counts), flat."""
+    return {
+        f"{i}.{param}.{k}": v
+        for i, opt in enumerate(ckpt["optimizer_states"])
+        for param, state in opt["state"].items()
+        for k, v in state.items()
+    }

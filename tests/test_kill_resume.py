@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from tests.conftest import ROOT, make_dataset
+from tests.ddp_helpers import max_diff, optimizer_tensors
 
 BASE = [
     "model=vit_tiny",
@@ -124,21 +125,6 @@ def _run_all(data: Path, tmp: Path) -> dict[str, subprocess.CompletedProcess]:
     return done
 
 
-def _max_diff(a: dict, b: dict) -> float:
-    assert a.keys() == b.keys()
-    return max((a[k].double() - b[k].double()).abs().max().item() for k in a if a[k].numel())
-
-
-def _optimizer(ckpt: dict) -> dict:
-    """Every tensor of a checkpoint's optimizer states (moments, step counts), flat."""
-    return {
-        f"{i}.{param}.{k}": v
-        for i, opt in enumerate(ckpt["optimizer_states"])
-        for param, state in opt["state"].items()
-        for k, v in state.items()
-    }
-
-
 def _steps(snapshots: Path) -> dict[int, Path]:
     return {int(p.stem.split("_")[1]): p for p in snapshots.glob("step_*.pt")}
 
@@ -167,9 +153,7 @@ def test_sigkill_anywhere_then_resume_auto_is_bitwise_a_run_never_killed(tmp_pat
             assert "resume=auto: continuing from" in log or kill == ("step", 1), (name, log[-2000:])
             steps = _steps(tmp_path / name / "snapshots")
             assert steps, (name, log[-3000:])
-            diff = max(
-                _max_diff(torch.load(p, weights_only=True), ref[s]) for s, p in steps.items()
-            )
+            diff = max(max_diff(torch.load(p, weights_only=True), ref[s]) for s, p in steps.items())
             resumed = [line.split("continuing from ")[1] for line in log.splitlines()
                        if "continuing from" in line]  # fmt: skip
             rows.append((config, f"{kill[0]} {kill[1]}", Path(resumed[0]).name if resumed else
@@ -177,9 +161,9 @@ def test_sigkill_anywhere_then_resume_auto_is_bitwise_a_run_never_killed(tmp_pat
         last = torch.load(tmp_path / f"{config}/killed/checkpoints/last.ckpt", weights_only=True)
         want = torch.load(ref_dir.parent / "never_killed/checkpoints/last.ckpt", weights_only=True)
         assert (last["epoch"], last["global_step"]) == (want["epoch"], want["global_step"])
-        rows.append((config, "final last.ckpt", "", "weights", _max_diff(last["state_dict"],
+        rows.append((config, "final last.ckpt", "", "weights", max_diff(last["state_dict"],
                      want["state_dict"])))  # fmt: skip
-        opt = _max_diff(_optimizer(last), _optimizer(want))
+        opt = max_diff(optimizer_tensors(last), optimizer_tensors(want))
         rows.append((config, "final last.ckpt", "", "optimizer state", opt))
     print("\nconfig | kill point | resumed from | steps compared | max |difference|")
     for row in rows:

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from tests.conftest import ROOT, make_dataset
+from tests.ddp_helpers import max_diff, optimizer_tensors
 
 TORCHRUN = str(Path(sys.executable).parent / "torchrun")
 # 12 training images, 2 nodes x batch 2: 3 optimizer steps per epoch, 6 in all. The backbone
@@ -102,20 +103,6 @@ def _snapshots(folder: Path) -> dict[int, dict]:
     return {int(p.stem.split("_")[1]): torch.load(p, weights_only=True) for p in files}
 
 
-def _max_diff(a: dict, b: dict) -> float:
-    assert a.keys() == b.keys()
-    return max((a[k].double() - b[k].double()).abs().max().item() for k in a if a[k].numel())
-
-
-def _optimizer(ckpt: dict) -> dict:
-    return {
-        f"{i}.{param}.{k}": v
-        for i, opt in enumerate(ckpt["optimizer_states"])
-        for param, state in opt["state"].items()
-        for k, v in state.items()
-    }
-
-
 @pytest.mark.slow
 def test_two_nodes_killed_after_the_unfreeze_resume_bitwise(tmp_path):
     data = make_dataset(tmp_path / "data", counts={"train": 4, "val": 1, "test": 1})
@@ -144,12 +131,12 @@ def test_two_nodes_killed_after_the_unfreeze_resume_bitwise(tmp_path):
     assert sorted(ref_steps) == list(range(1, 7))
     for name in ("killed", "resumed"):  # each step either stretch trained, against the reference
         for step, state in _snapshots(tmp_path / name).items():
-            assert _max_diff(state, ref_steps[step]) == 0.0, f"{name} run, step {step}"
+            assert max_diff(state, ref_steps[step]) == 0.0, f"{name} run, step {step}"
     want = torch.load(ref_dir / "checkpoints" / "last.ckpt", weights_only=True)
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert (last["epoch"], last["global_step"]) == (want["epoch"], want["global_step"])
     assert want["global_step"] == 6
-    assert _max_diff(last["state_dict"], want["state_dict"]) == 0.0
-    assert _max_diff(_optimizer(last), _optimizer(want)) == 0.0
+    assert max_diff(last["state_dict"], want["state_dict"]) == 0.0
+    assert max_diff(optimizer_tensors(last), optimizer_tensors(want)) == 0.0
     # the backbone was unfrozen: the optimizer has its parameters (a second param group)
     assert len(want["optimizer_states"][0]["param_groups"]) > 1
