@@ -86,6 +86,18 @@ def make_cfg(output_dir: Path, data_dir: Path | None, *overrides: str) -> DictCo
     return cfg
 
 
+def save_tiny_vit(folder: Path, labels) -> Path:
+    """A seeded tiny ViT with a linear head, saved as an HF model dir at ``folder``."""
+    import torch
+
+    from vitft.modelio.hf import save_hf
+    from vitft.models.classifier import build_model
+
+    torch.manual_seed(0)
+    model, processor = build_model({"config": TINY_VIT_CONFIG}, {"name": "linear"}, list(labels))
+    return save_hf(model, processor, folder)
+
+
 MULTI_CLASSES = ("scratch", "stain")
 
 

@@ -11,13 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import TINY_VIT_CONFIG
+from tests.conftest import save_tiny_vit
 from vitft.deploy.batching import MicroBatcher
 from vitft.deploy.metadata import sha256
 from vitft.deploy.predictor import Predictor
 from vitft.deploy.serve import ServeSettings, create_app
-from vitft.modelio.hf import save_hf
-from vitft.models.classifier import build_model
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
@@ -27,9 +25,7 @@ LABELS = ["blue", "green", "red"]
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    model, processor = build_model({"config": TINY_VIT_CONFIG}, {"name": "linear"}, LABELS)
-    return save_hf(model, processor, tmp_path_factory.mktemp("m") / "model")
+    return save_tiny_vit(tmp_path_factory.mktemp("m") / "model", LABELS)
 
 
 def png(seed: int = 0, size: int = 40) -> bytes:

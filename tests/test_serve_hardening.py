@@ -14,14 +14,12 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import TINY_VIT_CONFIG
+from tests.conftest import save_tiny_vit
 from vitft.data.manifest import read_manifest
 from vitft.deploy.batching import MicroBatcher
 from vitft.deploy.predictor import Predictor, resolve_inputs
 from vitft.deploy.serve import ServeSettings, create_app, exposure_warnings, settings_from
 from vitft.deploy.serve_metrics import DriftWindow, Reference, ks_distance
-from vitft.modelio.hf import save_hf
-from vitft.models.classifier import build_model
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
@@ -31,9 +29,7 @@ LABELS = ["blue", "green", "red"]
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    model, processor = build_model({"config": TINY_VIT_CONFIG}, {"name": "linear"}, LABELS)
-    return save_hf(model, processor, tmp_path_factory.mktemp("m") / "model")
+    return save_tiny_vit(tmp_path_factory.mktemp("m") / "model", LABELS)
 
 
 def encode(img: Image.Image, fmt: str = "PNG") -> bytes:
