@@ -354,3 +354,41 @@ def test_bodies_in_memory_are_capped_across_requests(model_dir):
         held = c.app.buffered  # the gate gave back what the refused body held
     assert held == 0 and r.status_code == 503 and r.headers["Retry-After"] == "1"
     assert "max_uploads_mb=1e-05" in r.json()["detail"] and after.status_code == 200
+
+
+def test_a_refused_upload_reads_its_413_over_a_real_socket(model_dir):
+    """A body over max_request_mb is refused from its Content-Length, and the server goes on
+    reading (and dropping) the rest before it closes: closed with unread bytes, the socket would
+    reset, and the client could lose the 413 and see only "connection reset"."""
+    import socket
+    import threading
+
+    uvicorn = pytest.importorskip("uvicorn")
+    app = create_app(model_dir, Predictor.from_path(model_dir), ServeSettings(max_request_mb=1))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="error"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    body = b"\0" * 20_000_000
+    statuses = []
+    try:
+        for _ in range(8):
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+                head = (
+                    f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                    f"Content-Type: image/png\r\nContent-Length: {len(body)}\r\n"
+                    "Connection: close\r\n\r\n"
+                )
+                try:
+                    conn.sendall(head.encode() + body)
+                    statuses.append(conn.makefile("rb").readline().split()[1].decode())
+                except OSError as err:
+                    statuses.append(type(err).__name__)
+    finally:
+        server.should_exit = True
+        thread.join(10)
+    assert statuses == ["413"] * 8

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 access_log = logging.getLogger("vitft.serve.access")
 
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+LINGER_S = 5.0  # how long a refused upload may go on sending before its connection is closed
 OPEN_PATHS = ("/health", "/ready", "/")  # liveness probes and the page's HTML need no key
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
@@ -57,13 +58,41 @@ def key_of(headers: dict[bytes, bytes]) -> bytes | None:
     return token.strip() if scheme.lower() == b"bearer" and token.strip() else None
 
 
-async def send_json(send: Callable, status: int, doc: dict, extra: list | None = None) -> None:
+async def send_json(
+    send: Callable,
+    status: int,
+    doc: dict,
+    extra: list | None = None,
+    drain: Callable | None = None,
+) -> None:
+    """Send a JSON answer; with ``drain``, await it between the answer and the end of the response.
+
+    A server that closes a socket with unread request bytes sends a TCP reset, and the client's
+    stack may then drop the answer before the client reads it: an upload refused before its body
+    was read would see "connection reset" instead of its 413. So the answer goes out first and
+    the rest of the body is read and dropped (``drain``) before the connection closes.
+    """
     body = json.dumps(doc).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send(
         {"type": "http.response.start", "status": status, "headers": headers + (extra or [])}
     )
-    await send({"type": "http.response.body", "body": body})
+    await send({"type": "http.response.body", "body": body, "more_body": drain is not None})
+    if drain is not None:
+        await drain()
+        await send({"type": "http.response.body", "body": b""})
+
+
+async def discard_body(receive: Callable, seconds: float) -> None:
+    """Read and drop what is left of a request body, for at most ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            message = await asyncio.wait_for(receive(), left)
+        except asyncio.TimeoutError:
+            return
+        if message["type"] == "http.disconnect" or not message.get("more_body", False):
+            return
 
 
 class Gate:
@@ -104,6 +133,9 @@ class Gate:
         if length.isdigit() and int(length) > self.max_bytes > 0:
             return 413, self._too_big()
         return None
+
+    def _linger(self, receive: Callable) -> Callable:
+        return lambda: discard_body(receive, min(LINGER_S, self.body_timeout_s))
 
     def _too_big(self) -> str:
         return f"request body over max_request_mb={self.max_bytes / 1e6:g} MB"
@@ -172,7 +204,8 @@ class Gate:
         if refused is not None:
             status, reason = refused
             extra = [(b"www-authenticate", b"Bearer")] if status == 401 else []
-            return await send_json(send, status, {"detail": reason, "request_id": rid}, extra)
+            doc = {"detail": reason, "request_id": rid}
+            return await send_json(send, status, doc, extra, self._linger(receive))
         held = [0]
         try:
             await self._serve_body(scope, receive, send, rid, held)
@@ -187,7 +220,8 @@ class Gate:
         except BadInput as err:
             retry = [(b"retry-after", b"1")] if err.status == 503 else []
             doc = {"detail": err.reason, "request_id": rid}
-            return await send_json(send, err.status, doc, retry)
+            drain = self._linger(receive) if err.status in (413, 503) else None  # 408: it stalled
+            return await send_json(send, err.status, doc, retry, drain)
         replayed = False
 
         async def replay() -> dict:
