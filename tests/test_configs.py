@@ -111,7 +111,7 @@ def test_option_composes_and_instantiates(tmp_path, tiny_data, group, option):
     elif group == "callbacks":
         cbs = [instantiate(c) for c in cfg.callbacks.values() if c]
         # pretrain: no labels, so no best-by-val/acc checkpoint and no early stopping
-        assert len(cbs) == {"none": 0, "pretrain": 4}.get(option, 6)
+        assert len(cbs) == {"none": 0, "pretrain": 5}.get(option, 7)
     elif group == "hparams_search":
         assert cfg.optimized_metric == "val/acc" and cfg.sweep_name == "optuna-folder"
     elif group == "cache":
