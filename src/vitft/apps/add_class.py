@@ -63,8 +63,8 @@ def _refit_ood(predictor, cfg: Any, labels: list[str], images: Path, new_label: 
     save_ood(scorer.calibrate(val, float(old.acceptance or 0.95)), out)
 
 
-def add_class(cfg: Any) -> dict:
-    """add_class.py: model_dir + images of class ``cfg['class']`` -> a new model dir (output)."""
+def _request(cfg: Any) -> tuple[str, Path]:
+    """The new class's name and image folder from ``cfg``, checked before any model loads."""
     name = cfg.get("class")
     if not cfg.get("model_dir") or not name or not cfg.get("images"):
         raise VitftError("set model_dir=<run>/model class=<new class name> images=<folder>")
@@ -72,13 +72,19 @@ def add_class(cfg: Any) -> dict:
     images = Path(str(cfg.images)).expanduser()
     if not images.is_dir():
         raise VitftError(f"images={cfg.images} is not a folder (the new class's images)")
-    model, processor = load_model(cfg.model_dir)
-    labels = list(model.labels)
+    return name, images
+
+
+def _check_extendable(model, name: str, labels: list[str]) -> None:
+    """Refuse a class the model already has, and a multi-label model."""
     if name in labels:
         raise VitftError(f"class={name!r} is already one of the model's classes {labels}")
     if is_multilabel(model.config):
         raise VitftError("add_class extends single-label models; this model is multi-label")
-    predictor = feature_predictor(model, processor)
+
+
+def _new_class_features(predictor, cfg: Any, images: Path, name: str) -> torch.Tensor:
+    """Features of the new class's readable images; unreadable ones are logged and skipped."""
     new, _, bad = predictor.features_files(images, progress=False)
     for b in bad:
         log.warning("skipped %s: %s", b.path, b.reason)
@@ -86,12 +92,15 @@ def add_class(cfg: Any) -> dict:
         raise VitftError(f"images={cfg.images} has no readable images")
     if len(new) < 5:
         log.warning("add_class: %d image(s) of %s; 5 or more give a steadier class", len(new), name)
-    old, old_y = _run_features(predictor, cfg.model_dir, "train", labels)
-    val, val_y = _run_features(predictor, cfg.model_dir, "val", labels)
-    before = _accuracy(model.head.eval(), val, val_y)
+    return new
 
-    new_y = torch.full((len(new),), len(labels), dtype=torch.long)
-    head = extend_head(model.head, new)
+
+def _grown_head(head, cfg: Any, new, new_y, train, val):
+    """The head with one more output, imprinted from and fitted on the features, then offset
+    so the old classes keep their images; returns the head and the new class's bias offset."""
+    old, old_y = train
+    val, val_y = val
+    head = extend_head(head, new)
     head = fit_head(
         head, torch.cat([old, new]), torch.cat([old_y, new_y]), int(cfg.steps), float(cfg.lr),
         int(cfg.seed),
@@ -101,10 +110,32 @@ def add_class(cfg: Any) -> dict:
     offset = protect_old_classes(
         head, torch.cat([old, val]), torch.cat([old_y, val_y]), float(cfg.max_old_taken)
     )
-    model.head = head
-    id2label = {i: c for i, c in enumerate([*labels, name])}
+    return head, offset
+
+
+def _set_labels(model, labels: list[str]) -> None:
+    """Name the model's outputs ``labels``, in order, in its HF config."""
+    id2label = {i: c for i, c in enumerate(labels)}
     model.backbone.config.id2label = id2label
     model.backbone.config.label2id = {c: i for i, c in id2label.items()}
+
+
+def add_class(cfg: Any) -> dict:
+    """add_class.py: model_dir + images of class ``cfg['class']`` -> a new model dir (output)."""
+    name, images = _request(cfg)
+    model, processor = load_model(cfg.model_dir)
+    labels = list(model.labels)
+    _check_extendable(model, name, labels)
+    predictor = feature_predictor(model, processor)
+    new = _new_class_features(predictor, cfg, images, name)
+    old, old_y = _run_features(predictor, cfg.model_dir, "train", labels)
+    val, val_y = _run_features(predictor, cfg.model_dir, "val", labels)
+    before = _accuracy(model.head.eval(), val, val_y)
+
+    new_y = torch.full((len(new),), len(labels), dtype=torch.long)
+    head, offset = _grown_head(model.head, cfg, new, new_y, (old, old_y), (val, val_y))
+    model.head = head
+    _set_labels(model, [*labels, name])
     report = {
         "class": name,
         "images": len(new),
