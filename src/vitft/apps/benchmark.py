@@ -120,8 +120,8 @@ def _ensure_exports(cfg: DictConfig, model_dir: Path, export_dir: Path) -> None:
     export(export_cfg)
 
 
-def benchmark(cfg: DictConfig) -> list[dict]:
-    """Benchmark the model dir and its exports; writes benchmark.csv/.md, returns the rows."""
+def _check_request(cfg: DictConfig) -> None:
+    """Refuse an unknown device, a CUDA device torch can't see, and unknown formats."""
     if cfg.device not in ("cpu", "cuda"):
         raise VitftError(f"device={cfg.device!r}: use cpu or cuda")
     if cfg.device == "cuda" and not torch.cuda.is_available():
@@ -129,6 +129,90 @@ def benchmark(cfg: DictConfig) -> list[dict]:
     unknown = [f for f in cfg.formats if f not in FORMATS]
     if unknown:
         raise VitftError(f"formats={unknown} unknown; choose from {sorted(FORMATS)}")
+
+
+def _load_runners(
+    cfg: DictConfig, model: torch.nn.Module, model_dir: Path, export_dir: Path, threads: int
+) -> dict[str, tuple]:
+    """Every format to time, by name: (predict, export meta, folder of its files); the PyTorch
+    model dir first, then its CUDA dtypes (device=cuda), then the exports."""
+    runners: dict[str, tuple] = {"pytorch": (*load_exported(model_dir, threads), model_dir)}
+    if cfg.device == "cuda":
+        for name, predict in torch_runners(model, "cuda", CUDA_DTYPES).items():
+            dtype = str(CUDA_DTYPES[name]).removeprefix("torch.")
+            meta = {"format": "pytorch", "file": "", "providers": [f"pytorch cuda {dtype}"]}
+            runners[name] = (predict, meta, model_dir)
+    for fmt in cfg.formats:
+        # device=cuda: ONNX Runtime formats on its GPU providers (or a clear error), the rest
+        # on the CPU runtimes they have (the providers column says which)
+        device = cfg.device if FORMATS[fmt].runtime == "onnxruntime" else "cpu"
+        predict, meta = load_exported(export_dir / fmt, threads, device)
+        runners[fmt] = (predict, meta, export_dir / fmt)
+    return runners
+
+
+def _accuracy_rows(
+    cfg: DictConfig, runners: dict[str, tuple], images, thresholds, fixed: dict
+) -> dict[str, dict]:
+    """One row a format with its size, accuracy and agreement with the PyTorch model (``fixed``:
+    the columns every row shares); each format is warmed up once scored."""
+    reference = batched(runners["pytorch"][0], images.x)
+    per_call = int(cfg.get("parity_batch_size") or 1)
+    rows = {}
+    for name, (predict, meta, folder) in runners.items():
+        result = parity(reference, batched(predict, images.x, per_call), images.y, thresholds)
+        rows[name] = {
+            "format": name,
+            "status": "ok",
+            "size_mb": _file_mb(folder, meta) if meta.get("file") else float("nan"),
+            "accuracy": result["accuracy"],
+            "agreement": result["agreement"],
+            "max_abs_diff": result["max_abs_diff"],
+            **fixed,
+            "providers": " ".join(meta.get("providers", [])),
+        }
+        par = folder / "parity.json"
+        if par.is_file() and not json.loads(par.read_text()).get("passed", True):
+            rows[name]["status"] = "parity below threshold"
+        for _ in range(cfg.warmup):
+            predict(images.x[:1])
+    return rows
+
+
+def _time_rounds(cfg: DictConfig, runners: dict[str, tuple], x: np.ndarray) -> tuple[dict, dict]:
+    """Per format, the latencies of one image (seconds) and the throughputs of one batch
+    (images/s), timed in rounds whose order alternates so a busy neighbour slows all alike."""
+    one = x[:1]
+    big = np.concatenate([x] * (cfg.batch_size // len(x) + 1))[: cfg.batch_size]
+    lat: dict[str, list[float]] = {n: [] for n in runners}
+    thr: dict[str, list[float]] = {n: [] for n in runners}
+    for r in range(cfg.rounds):
+        order = list(runners) if r % 2 == 0 else list(reversed(runners))
+        for name in order:
+            predict = runners[name][0]
+            lat[name] += [_time(predict, one) for _ in range(cfg.iters)]
+            thr[name].append(cfg.batch_size / _time(predict, big))
+    return lat, thr
+
+
+def _add_speed(rows: dict[str, dict], lat: dict, thr: dict) -> None:
+    """Fill each row's speed and size columns: medians and ratios to the PyTorch row."""
+    base_mb = rows["pytorch"]["size_mb"]
+    base_p50 = float(np.median(lat["pytorch"])) * 1e3
+    for name, row in rows.items():
+        p50 = float(np.median(lat[name])) * 1e3
+        row.update(
+            p50_ms=p50,
+            p90_ms=float(np.percentile(lat[name], 90)) * 1e3,
+            speedup=base_p50 / p50,
+            size_x=row["size_mb"] / base_mb,
+            fps_batch=float(np.median(thr[name])),
+        )
+
+
+def benchmark(cfg: DictConfig) -> list[dict]:
+    """Benchmark the model dir and its exports; writes benchmark.csv/.md, returns the rows."""
+    _check_request(cfg)
     model_dir = Path(cfg.model_dir).expanduser()
     export_dir = Path(cfg.export_dir).expanduser()
     threads = int(cfg.threads) if cfg.threads else torch.get_num_threads()
@@ -146,68 +230,15 @@ def benchmark(cfg: DictConfig) -> list[dict]:
     size = list(images.x.shape[2:])
     params, gflops = model_cost(model, size)
 
-    runners: dict[str, tuple] = {"pytorch": (*load_exported(model_dir, threads), model_dir)}
-    if cfg.device == "cuda":
-        for name, predict in torch_runners(model, "cuda", CUDA_DTYPES).items():
-            dtype = str(CUDA_DTYPES[name]).removeprefix("torch.")
-            meta = {"format": "pytorch", "file": "", "providers": [f"pytorch cuda {dtype}"]}
-            runners[name] = (predict, meta, model_dir)
-    for fmt in cfg.formats:
-        # device=cuda: ONNX Runtime formats on its GPU providers (or a clear error), the rest
-        # on the CPU runtimes they have (the providers column says which)
-        device = cfg.device if FORMATS[fmt].runtime == "onnxruntime" else "cpu"
-        predict, meta = load_exported(export_dir / fmt, threads, device)
-        runners[fmt] = (predict, meta, export_dir / fmt)
+    runners = _load_runners(cfg, model, model_dir, export_dir, threads)
     print(
         f"benchmark: {len(runners)} formats, {threads} threads, {len(images.y)} val images, "
         f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}"
     )
-
-    reference = batched(runners["pytorch"][0], images.x)
-    per_call = int(cfg.get("parity_batch_size") or 1)
-    rows = {}
-    for name, (predict, meta, folder) in runners.items():
-        result = parity(reference, batched(predict, images.x, per_call), images.y, thresholds)
-        rows[name] = {
-            "format": name,
-            "status": "ok",
-            "size_mb": _file_mb(folder, meta) if meta.get("file") else float("nan"),
-            "accuracy": result["accuracy"],
-            "agreement": result["agreement"],
-            "max_abs_diff": result["max_abs_diff"],
-            "params_m": params,
-            "gflops": gflops,
-            "threads": threads,
-            "providers": " ".join(meta.get("providers", [])),
-        }
-        par = folder / "parity.json"
-        if par.is_file() and not json.loads(par.read_text()).get("passed", True):
-            rows[name]["status"] = "parity below threshold"
-        for _ in range(cfg.warmup):
-            predict(images.x[:1])
-
-    one = images.x[:1]
-    big = np.concatenate([images.x] * (cfg.batch_size // len(images.x) + 1))[: cfg.batch_size]
-    lat: dict[str, list[float]] = {n: [] for n in runners}
-    thr: dict[str, list[float]] = {n: [] for n in runners}
-    for r in range(cfg.rounds):
-        order = list(runners) if r % 2 == 0 else list(reversed(runners))
-        for name in order:
-            predict = runners[name][0]
-            lat[name] += [_time(predict, one) for _ in range(cfg.iters)]
-            thr[name].append(cfg.batch_size / _time(predict, big))
-
-    base_mb = rows["pytorch"]["size_mb"]
-    base_p50 = float(np.median(lat["pytorch"])) * 1e3
-    for name, row in rows.items():
-        p50 = float(np.median(lat[name])) * 1e3
-        row.update(
-            p50_ms=p50,
-            p90_ms=float(np.percentile(lat[name], 90)) * 1e3,
-            speedup=base_p50 / p50,
-            size_x=row["size_mb"] / base_mb,
-            fps_batch=float(np.median(thr[name])),
-        )
+    fixed = {"params_m": params, "gflops": gflops, "threads": threads}
+    rows = _accuracy_rows(cfg, runners, images, thresholds, fixed)
+    lat, thr = _time_rounds(cfg, runners, images.x)
+    _add_speed(rows, lat, thr)
     table = list(rows.values())
     out = Path(cfg.output_dir).expanduser()
     write_tables(table, out, cfg.batch_size)
