@@ -121,17 +121,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     trainer = build_trainer(cfg, callbacks, loggers)
 
     # 5. fit, then validate and test the best checkpoint (not the last epoch's weights)
-    training = cfg.get("train", True)
-    if cfg.data.batch_size == AUTO and training:
-        max_size = cfg.data.get("max_batch_size", 256)
-        auto_batch_size(trainer, module, datamodule, max_size, run.root, bool(ckpt_path))
-    if training:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-    elif ckpt_path:
-        load_weights(module, ckpt_path)
-    best = next((cb.best_model_path for cb in callbacks if isinstance(cb, ModelCheckpoint)), "")
-    if best and training:
-        load_weights(module, best)
+    best = _fit(cfg, trainer, callbacks, module, datamodule, run, ckpt_path)
     metrics = scalars(trainer.validate(module, datamodule=datamodule, verbose=False))
     thresholds = tune_thresholds(module, splits.classes)  # multi-label only
     if cfg.get("test", True):
@@ -155,6 +145,24 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         log.info("run dir: %s", run.root)
     objects = {"trainer": trainer, "module": module, "datamodule": datamodule, "cfg": cfg}
     return metrics, {**objects, "summary": summary}
+
+
+def _fit(cfg: DictConfig, trainer, callbacks, module, datamodule, run: Run, ckpt_path) -> str:
+    """Fit (``cfg.train``; the batch size found first when it is auto), or load ``ckpt_path``'s
+    weights without training; the module ends with the weights of the best checkpoint that
+    ``callbacks`` kept, whose path is returned ("" when there is none)."""
+    training = cfg.get("train", True)
+    if cfg.data.batch_size == AUTO and training:
+        max_size = cfg.data.get("max_batch_size", 256)
+        auto_batch_size(trainer, module, datamodule, max_size, run.root, bool(ckpt_path))
+    if training:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    elif ckpt_path:
+        load_weights(module, ckpt_path)
+    best = next((cb.best_model_path for cb in callbacks if isinstance(cb, ModelCheckpoint)), "")
+    if best and training:
+        load_weights(module, best)
+    return best
 
 
 def _fit_ood(cfg: DictConfig, model, datamodule, device, model_dir: Path) -> None:
