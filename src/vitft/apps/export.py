@@ -35,24 +35,21 @@ from vitft.run.rundir import model_images
 log = logging.getLogger(__name__)
 
 
-def export(cfg: DictConfig) -> dict[str, dict]:
-    """Export ``cfg.model_dir`` to ``cfg.formats`` under ``cfg.output_dir``; returns parity."""
-    formats = check_formats(list(cfg.formats))
-    model_dir = Path(cfg.model_dir).expanduser()
+def _load_net(cfg: DictConfig, model_dir: Path):
+    """(model, processor, scorer, net): the model dir's classifier at the export's image size,
+    and the network to export, with the OOD score as a second output when the model has a
+    scorer and ``cfg.ood`` allows it."""
     model, processor = load_model(model_dir)
     if cfg.get("image_size"):
         set_image_size(model, processor, int(cfg.image_size))
     scorer = load_ood(model_dir) if cfg.get("ood", True) and has_ood(model_dir) else None
     net = model if scorer is None else ScoredClassifier(model, scorer).eval()
-    facts = processor_facts(processor)
-    size = facts["image_size"]
-    out = Path(cfg.output_dir).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
+    return model, processor, scorer, net
 
-    multilabel = is_multilabel(model.config)
-    # Multi-label exports carry the tuned thresholds; parity compares label sets with them.
-    label_facts = multilabel_facts(model_dir, model.labels) if multilabel else {}
-    point = load_operating_point(model_dir, model.labels)  # the Predictor applies it to logits
+
+def _export_images(cfg: DictConfig, model_dir: Path, model, processor, formats: list[str]):
+    """The images parity runs on (``cfg.parity.split``) and, when a format is calibrated, the
+    train images that calibrate it (else None)."""
     par = cfg.parity
     data_dir = cfg.get("data_dir")
     images = model_images(
@@ -63,72 +60,68 @@ def export(cfg: DictConfig) -> dict[str, dict]:
         calibration = model_images(
             model_dir, model.labels, processor, "train", data_dir, cfg.calibration_images
         )
-    reference = batched(torch_outputs(net), images.x)
+    return images, calibration
 
-    results: dict[str, dict] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for fmt in formats:
-            spec = FORMATS[fmt]
-            folder = out / fmt
-            folder.mkdir(parents=True, exist_ok=True)
-            log.info("export %s -> %s", fmt, folder)
-            write_format(fmt, net, folder / spec.file, size, Path(tmp), calibration, cfg.opset)
-            meta = build_metadata(
-                fmt=fmt,
-                precision=spec.precision,
-                runtime=spec.runtime,
-                file=spec.file,
-                labels=model.labels,
-                facts=facts,
-                model_dir=model_dir,
-                outputs=output_names(net),
-                ood=scorer,
-                operating_point=point,
-                description=spec.description,
-                file_sha256=sha256(folder / spec.file),  # checked before TorchScript is loaded
-                batch="dynamic" if spec.runtime != "litert" else 1,
-                opset=cfg.opset if spec.runtime == "onnxruntime" else None,
-                **(
-                    {"quantization": quantize.ONNX_INT8_FACTS[fmt]}
-                    if fmt in quantize.ONNX_INT8_FACTS
-                    else {}
-                ),
-                **label_facts,
-            )
-            write_metadata(folder, meta)
-            processor.save_pretrained(folder)  # the exact preprocessing, for predict.py
-            run, _ = load_outputs(folder, threads=cfg.get("threads"))
-            outputs = batched(run, images.x, int(par.get("batch_size") or 1))
-            thresholds = (
-                [label_facts["thresholds"][c] for c in model.labels] if multilabel else None
-            )
-            result = parity(reference[0], outputs[0], images.y, thresholds)
-            int8 = spec.precision == "int8"
-            threshold = float(par.int8_threshold if int8 else par.threshold)
-            passed = result["agreement"] >= threshold
-            if scorer is not None:
-                ood = ood_parity(reference[1], outputs[1], scorer.threshold)
-                tolerance = float(par.ood_int8_rel_tol if int8 else par.ood_rel_tol)
-                # Within it, only images that close to the threshold can change their flag.
-                ood.update(tolerance=tolerance, passed=ood["max_rel_diff"] <= tolerance)
-                result["ood"] = ood
-                passed = passed and ood["passed"]
-            result.update(
-                format=fmt,
-                split=images.split,
-                data_dir=images.root,
-                threshold=threshold,
-                batch_size=int(par.get("batch_size") or 1),
-                passed=passed,
-                # the model file and its siblings (OpenVINO's model.bin beside model.xml)
-                size_mb=sum(f.stat().st_size for f in folder.glob(Path(spec.file).stem + ".*"))
-                / 1e6,
-            )
-            write_parity(folder, result)
-            print(format_row(fmt, result), flush=True)
-            results[fmt] = result
-    (out / "parity.json").write_text(json.dumps(results, indent=2))
-    update_card_exports(model_dir, results, out)  # model/README.md lists formats + parity
+
+def _metadata(fmt: str, folder: Path, shared: dict, label_facts: dict, opset: int) -> dict:
+    """One format's metadata.json: the facts every format shares, then its own spec, file
+    checksum, batch and opset (and ONNX int8's quantization settings)."""
+    spec = FORMATS[fmt]
+    return build_metadata(
+        fmt=fmt,
+        precision=spec.precision,
+        runtime=spec.runtime,
+        file=spec.file,
+        **shared,
+        description=spec.description,
+        file_sha256=sha256(folder / spec.file),  # checked before TorchScript is loaded
+        batch="dynamic" if spec.runtime != "litert" else 1,
+        opset=opset if spec.runtime == "onnxruntime" else None,
+        **(
+            {"quantization": quantize.ONNX_INT8_FACTS[fmt]}
+            if fmt in quantize.ONNX_INT8_FACTS
+            else {}
+        ),
+        **label_facts,
+    )
+
+
+def _check_parity(
+    cfg: DictConfig, fmt: str, folder: Path, reference, images, thresholds, scorer
+) -> dict:
+    """Reload the exported format with its own runtime and compare it with PyTorch on the
+    parity images: label agreement (and the OOD score's relative difference) against the
+    thresholds of ``cfg.parity``."""
+    spec = FORMATS[fmt]
+    par = cfg.parity
+    run, _ = load_outputs(folder, threads=cfg.get("threads"))
+    outputs = batched(run, images.x, int(par.get("batch_size") or 1))
+    result = parity(reference[0], outputs[0], images.y, thresholds)
+    int8 = spec.precision == "int8"
+    threshold = float(par.int8_threshold if int8 else par.threshold)
+    passed = result["agreement"] >= threshold
+    if scorer is not None:
+        ood = ood_parity(reference[1], outputs[1], scorer.threshold)
+        tolerance = float(par.ood_int8_rel_tol if int8 else par.ood_rel_tol)
+        # Within it, only images that close to the threshold can change their flag.
+        ood.update(tolerance=tolerance, passed=ood["max_rel_diff"] <= tolerance)
+        result["ood"] = ood
+        passed = passed and ood["passed"]
+    result.update(
+        format=fmt,
+        split=images.split,
+        data_dir=images.root,
+        threshold=threshold,
+        batch_size=int(par.get("batch_size") or 1),
+        passed=passed,
+        # the model file and its siblings (OpenVINO's model.bin beside model.xml)
+        size_mb=sum(f.stat().st_size for f in folder.glob(Path(spec.file).stem + ".*")) / 1e6,
+    )
+    return result
+
+
+def _raise_on_failure(results: dict[str, dict], par, images, out: Path) -> None:
+    """Name every format that failed parity, unless ``parity.fail`` is false."""
     failed = [f for f, r in results.items() if not r["passed"]]
     if failed and par.get("fail", True):
         raise VitftError(
@@ -139,6 +132,52 @@ def export(cfg: DictConfig) -> dict[str, dict]:
             "parity.ood_rel_tol / parity.ood_int8_rel_tol, only if that is acceptable; ood=false "
             "exports the logits alone."
         )
+
+
+def export(cfg: DictConfig) -> dict[str, dict]:
+    """Export ``cfg.model_dir`` to ``cfg.formats`` under ``cfg.output_dir``; returns parity."""
+    formats = check_formats(list(cfg.formats))
+    model_dir = Path(cfg.model_dir).expanduser()
+    model, processor, scorer, net = _load_net(cfg, model_dir)
+    facts = processor_facts(processor)
+    size = facts["image_size"]
+    out = Path(cfg.output_dir).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+
+    multilabel = is_multilabel(model.config)
+    # Multi-label exports carry the tuned thresholds; parity compares label sets with them.
+    label_facts = multilabel_facts(model_dir, model.labels) if multilabel else {}
+    thresholds = [label_facts["thresholds"][c] for c in model.labels] if multilabel else None
+    point = load_operating_point(model_dir, model.labels)  # the Predictor applies it to logits
+    shared = {
+        "labels": model.labels,
+        "facts": facts,
+        "model_dir": model_dir,
+        "outputs": output_names(net),
+        "ood": scorer,
+        "operating_point": point,
+    }
+    images, calibration = _export_images(cfg, model_dir, model, processor, formats)
+    reference = batched(torch_outputs(net), images.x)
+
+    results: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for fmt in formats:
+            folder = out / fmt
+            folder.mkdir(parents=True, exist_ok=True)
+            log.info("export %s -> %s", fmt, folder)
+            write_format(
+                fmt, net, folder / FORMATS[fmt].file, size, Path(tmp), calibration, cfg.opset
+            )
+            write_metadata(folder, _metadata(fmt, folder, shared, label_facts, cfg.opset))
+            processor.save_pretrained(folder)  # the exact preprocessing, for predict.py
+            result = _check_parity(cfg, fmt, folder, reference, images, thresholds, scorer)
+            write_parity(folder, result)
+            print(format_row(fmt, result), flush=True)
+            results[fmt] = result
+    (out / "parity.json").write_text(json.dumps(results, indent=2))
+    update_card_exports(model_dir, results, out)  # model/README.md lists formats + parity
+    _raise_on_failure(results, cfg.parity, images, out)
     return results
 
 
