@@ -204,6 +204,63 @@ def _duplicates(checked: list[tuple[str, str, FileCheck]]) -> list[dict]:
     return out
 
 
+def _check_class_names(root: Path, present: list[str], report: DataReport) -> dict[str, list]:
+    """Each split's class folders; the union goes into ``report.classes``, a split missing
+    some is an error, and names that differ only by case are a warning."""
+    found = {s: class_folders(root / s) for s in present}
+    report.classes = sorted(set().union(*found.values()))
+    for s, names in found.items():
+        missing = sorted(set(report.classes) - set(names))
+        if missing:
+            report.errors.append(f"class-name mismatch: {s}/ lacks {missing}")
+    lower = Counter(c.lower() for c in report.classes)
+    for c in report.classes:
+        if lower[c.lower()] > 1:
+            report.warnings.append(_item("similar_class_names", root, f"{c!r} differs by case"))
+    return found
+
+
+def _class_files(root: Path, present: list[str], report: DataReport) -> list[tuple]:
+    """(split, class, path) of each file in a class folder; hidden, junk and stray: warnings."""
+    files: list[tuple[str, str, Path]] = []
+    for split in present:
+        for p in sorted((root / split).rglob("*")):
+            rel = p.relative_to(root / split)
+            if any(_is_hidden_or_junk(part) for part in rel.parts):
+                if p.is_file() or _is_hidden_or_junk(p.name):
+                    report.warnings.append(_item("hidden_or_junk", p, "skipped", split))
+                continue
+            if not (p.is_file() or is_broken_link(p)):
+                continue
+            if len(rel.parts) == 1:
+                report.warnings.append(_item("stray_file", p, "not in a class folder", split))
+                continue
+            files.append((split, rel.parts[0], p))
+    return files
+
+
+def _count_usable(checked: list[tuple], report: DataReport) -> Counter:
+    """Usable images per (split, class); the rest go into the report: non-image files as
+    warnings, bad images as bad, and usable but unusual images as warnings too."""
+    usable: Counter = Counter()
+    for split, cls, fc in checked:
+        is_image_ext = Path(fc.path).suffix.lower() in IMAGE_EXTENSIONS
+        if not is_image_ext:
+            what = f"an image ({fc.format}) with an extension training does not read"
+            if fc.problem:
+                what = "not an image file; ignored by training"
+            report.warnings.append(_item("non_image_file", fc.path, what, split, cls))
+            continue
+        if fc.problem:
+            report.bad.append(_item(fc.problem, fc.path, fc.detail, split, cls))
+            continue
+        usable[split, cls] += 1
+        why = unusual(fc)
+        if why:
+            report.warnings.append(_item("unusual_image", fc.path, why, split, cls))
+    return usable
+
+
 def check_dataset(
     data_dir: str | Path,
     classes: list[str] | None = None,
@@ -221,49 +278,11 @@ def check_dataset(
     if "train" not in present:
         report.errors.append(f"{root} has no train/ folder (expected train/<class>/*.jpg)")
         return report
-    found = {s: class_folders(root / s) for s in present}
-    report.classes = sorted(set().union(*found.values()))
-    for s, names in found.items():
-        missing = sorted(set(report.classes) - set(names))
-        if missing:
-            report.errors.append(f"class-name mismatch: {s}/ lacks {missing}")
-    lower = Counter(c.lower() for c in report.classes)
-    for c in report.classes:
-        if lower[c.lower()] > 1:
-            report.warnings.append(_item("similar_class_names", root, f"{c!r} differs by case"))
-
-    files: list[tuple[str, str, Path]] = []
-    for split in present:
-        for p in sorted((root / split).rglob("*")):
-            rel = p.relative_to(root / split)
-            if any(_is_hidden_or_junk(part) for part in rel.parts):
-                if p.is_file() or _is_hidden_or_junk(p.name):
-                    report.warnings.append(_item("hidden_or_junk", p, "skipped", split))
-                continue
-            if not (p.is_file() or is_broken_link(p)):
-                continue
-            if len(rel.parts) == 1:
-                report.warnings.append(_item("stray_file", p, "not in a class folder", split))
-                continue
-            files.append((split, rel.parts[0], p))
+    found = _check_class_names(root, present, report)
+    files = _class_files(root, present, report)
     checks = inspect_files([p for _, _, p in files], decode)
     checked = [(s, c, fc) for (s, c, _), fc in zip(files, checks, strict=True)]
-    usable: Counter = Counter()
-    for split, cls, fc in checked:
-        is_image_ext = Path(fc.path).suffix.lower() in IMAGE_EXTENSIONS
-        if not is_image_ext:
-            what = f"an image ({fc.format}) with an extension training does not read"
-            if fc.problem:
-                what = "not an image file; ignored by training"
-            report.warnings.append(_item("non_image_file", fc.path, what, split, cls))
-            continue
-        if fc.problem:
-            report.bad.append(_item(fc.problem, fc.path, fc.detail, split, cls))
-            continue
-        usable[split, cls] += 1
-        why = unusual(fc)
-        if why:
-            report.warnings.append(_item("unusual_image", fc.path, why, split, cls))
+    usable = _count_usable(checked, report)
     report.counts = {s: {c: usable[s, c] for c in report.classes} for s in present}
     image_checked = [e for e in checked if Path(e[2].path).suffix.lower() in IMAGE_EXTENSIONS]
     report.warnings.extend(_duplicates(image_checked))
@@ -284,23 +303,9 @@ def check_dataset(
     return report
 
 
-def screen(
-    splits: DatasetSplits,
-    on_bad_file: str = "skip",
-    check: str = "header",
-    output_dir: str | Path | None = None,
-) -> DatasetSplits:
-    """Before training: check every file of ``splits`` and apply ``data.on_bad_file``.
-
-    ``skip``: bad files are dropped, listed in ``<run>/bad_files.json`` and in the log with
-    per-class counts. ``fail``: VitftError listing them, before the first step.
-    """
-    if on_bad_file not in POLICIES:
-        raise VitftError(f"data.on_bad_file={on_bad_file!r} is unknown; use one of {POLICIES}")
-    if check not in CHECKS:
-        raise VitftError(f"data.check={check!r} is unknown; use one of {CHECKS}")
-    if check == "off":
-        return splits
+def _bad_files(splits: DatasetSplits, check: str) -> list[dict]:
+    """Check every file of ``splits`` (``check``: header or decode) and return the bad ones;
+    images that stand in more than one split are a warning in the log."""
     entries = [(s, path, label) for s in SPLITS for path, label in splits.split(s)]
     checks = inspect_files([p for _, p, _ in entries], decode=check == "decode")
     named = [
@@ -316,10 +321,14 @@ def screen(
             len(leaks),
             leaks[0]["path"],
         )
-    if not bad:
-        if output_dir is not None:
-            (Path(output_dir) / "bad_files.json").unlink(missing_ok=True)
-        return splits
+    return bad
+
+
+def _report_bad(
+    bad: list[dict], splits: DatasetSplits, on_bad_file: str, output_dir: str | Path | None
+) -> str:
+    """Write ``bad_files.json``, then raise (``fail``) or log (``skip``) the bad files; returns
+    their per-class counts, as the messages give them."""
     per_class = Counter((b["split"], b["class"]) for b in bad)
     counts = ", ".join(f"{s}/{c}: {n}" for (s, c), n in sorted(per_class.items()))
     listing = "\n".join(f"  {b['path']}: {b['detail']}" for b in bad[:20])
@@ -343,6 +352,12 @@ def screen(
         listing,
         more,
     )
+    return counts
+
+
+def _without_bad(splits: DatasetSplits, bad: list[dict], counts: str) -> DatasetSplits:
+    """``splits`` less the bad files; refused when that leaves a class with no images (in any
+    split of a single-label dataset, in train of a multi-label one)."""
     drop = {b["path"] for b in bad}
     kept = {s: [(p, y) for p, y in splits.split(s) if str(p) not in drop] for s in SPLITS}
     out_splits = replace(splits, **kept)
@@ -354,3 +369,29 @@ def screen(
                     f"skipping bad files ({counts}); fix or replace them"
                 )
     return out_splits
+
+
+def screen(
+    splits: DatasetSplits,
+    on_bad_file: str = "skip",
+    check: str = "header",
+    output_dir: str | Path | None = None,
+) -> DatasetSplits:
+    """Before training: check every file of ``splits`` and apply ``data.on_bad_file``.
+
+    ``skip``: bad files are dropped, listed in ``<run>/bad_files.json`` and in the log with
+    per-class counts. ``fail``: VitftError listing them, before the first step.
+    """
+    if on_bad_file not in POLICIES:
+        raise VitftError(f"data.on_bad_file={on_bad_file!r} is unknown; use one of {POLICIES}")
+    if check not in CHECKS:
+        raise VitftError(f"data.check={check!r} is unknown; use one of {CHECKS}")
+    if check == "off":
+        return splits
+    bad = _bad_files(splits, check)
+    if not bad:
+        if output_dir is not None:
+            (Path(output_dir) / "bad_files.json").unlink(missing_ok=True)
+        return splits
+    counts = _report_bad(bad, splits, on_bad_file, output_dir)
+    return _without_bad(splits, bad, counts)
