@@ -125,6 +125,66 @@ def stratified_split(
     return sorted(rest), {k: sorted(v) for k, v in parts.items()}
 
 
+def _class_folders_of_splits(root: Path, present: list[str]) -> list[str]:
+    """The class folders of train/, refused when there are none or the splits disagree."""
+    train_dir = root / "train"
+    found = {s: class_folders(root / s) for s in present}
+    if not found["train"]:
+        raise VitftError(f"{train_dir} has no class folders: put images in {train_dir}/<class>/")
+    if len({tuple(v) for v in found.values()}) > 1:
+        allc = sorted(set().union(*found.values()))
+        diff = {s: sorted(set(allc) - set(v)) for s, v in found.items() if set(allc) - set(v)}
+        raise VitftError(
+            f"the splits of {root} have different class folders; missing: "
+            + "; ".join(f"{s}/ lacks {m}" for s, m in diff.items())
+            + ". Every split must hold the same class folders (add the missing ones or remove "
+            "the extra ones)"
+        )
+    return found["train"]
+
+
+def _check_task_classes(
+    classes: list[str] | None, classes_found: list[str], train_dir: Path
+) -> list[str]:
+    """The class list: ``task.classes`` (its order) when given and it names the class folders,
+    else the folders, sorted."""
+    if not classes:
+        return classes_found
+    classes = [str(c) for c in classes]
+    if sorted(classes) != classes_found:
+        raise VitftError(
+            f"task.classes={classes} does not match the class folders of {train_dir}: "
+            f"{classes_found}. Fix task.classes or set task.classes=null to use the folders"
+        )
+    return classes
+
+
+def _folder_samples(root: Path, present: list[str], classes: list[str]) -> tuple[dict, dict]:
+    """(samples, ignored files) per split: every image of each class folder, labelled by its
+    class's index; files without an image extension are logged and left out."""
+    samples: dict[str, list[Sample]] = {}
+    ignored: dict[str, list[Path]] = {}
+    for split in present:
+        samples[split], ignored[split] = [], []
+        for label, cls in enumerate(classes):
+            images, other = list_images(root / split / cls)
+            if not images:
+                raise VitftError(
+                    f"class folder {root / split / cls} has no images "
+                    f"({', '.join(IMAGE_EXTENSIONS)}); add images or remove the folder"
+                )
+            samples[split].extend((p, label) for p in images)
+            ignored[split].extend(other)
+        if ignored[split]:
+            log.warning(
+                "%s/: %d file(s) without an image extension are not used, e.g. %s",
+                split,
+                len(ignored[split]),
+                ", ".join(str(p) for p in ignored[split][:3]),
+            )
+    return samples, ignored
+
+
 def scan_dataset(
     data_dir: str | Path,
     classes: list[str] | None = None,
@@ -146,53 +206,37 @@ def scan_dataset(
             "(val/ and test/ are optional)"
         )
     present = [s for s in SPLITS if (root / s).is_dir()]
-    found = {s: class_folders(root / s) for s in present}
-    if not found["train"]:
-        raise VitftError(f"{train_dir} has no class folders: put images in {train_dir}/<class>/")
-    if len({tuple(v) for v in found.values()}) > 1:
-        allc = sorted(set().union(*found.values()))
-        diff = {s: sorted(set(allc) - set(v)) for s, v in found.items() if set(allc) - set(v)}
-        raise VitftError(
-            f"the splits of {root} have different class folders; missing: "
-            + "; ".join(f"{s}/ lacks {m}" for s, m in diff.items())
-            + ". Every split must hold the same class folders (add the missing ones or remove "
-            "the extra ones)"
-        )
-    classes_found = found["train"]
-    if classes:
-        classes = [str(c) for c in classes]
-        if sorted(classes) != classes_found:
-            raise VitftError(
-                f"task.classes={classes} does not match the class folders of {train_dir}: "
-                f"{classes_found}. Fix task.classes or set task.classes=null to use the folders"
-            )
-    else:
-        classes = classes_found
+    classes_found = _class_folders_of_splits(root, present)
+    classes = _check_task_classes(classes, classes_found, train_dir)
+    samples, ignored = _folder_samples(root, present, classes)
+    return carved_splits(
+        samples, root, classes, val_fraction, test_fraction, split_seed, ignored=ignored
+    )
 
-    samples: dict[str, list[Sample]] = {}
-    ignored: dict[str, list[Path]] = {}
-    for split in present:
-        samples[split], ignored[split] = [], []
-        for label, cls in enumerate(classes):
-            images, other = list_images(root / split / cls)
-            if not images:
-                raise VitftError(
-                    f"class folder {root / split / cls} has no images "
-                    f"({', '.join(IMAGE_EXTENSIONS)}); add images or remove the folder"
-                )
-            samples[split].extend((p, label) for p in images)
-            ignored[split].extend(other)
-        if ignored[split]:
-            log.warning(
-                "%s/: %d file(s) without an image extension are not used, e.g. %s",
-                split,
-                len(ignored[split]),
-                ", ".join(str(p) for p in ignored[split][:3]),
-            )
 
-    origin = carve_missing(samples, root, val_fraction, test_fraction, split_seed)
+def carved_splits(
+    samples: dict[str, list[Sample]],
+    root: Path,
+    classes: list[str],
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    multilabel: bool = False,
+    given: str = "folder",
+    ignored: dict[str, list[Path]] | None = None,
+) -> DatasetSplits:
+    """The splits of a scanned source: ``samples`` per split it gives (``given``: what gave
+    them), with val/test carved out of train where it gives none (``carve_missing``)."""
+    origin = carve_missing(samples, root, val_fraction, test_fraction, seed, multilabel, given)
     return DatasetSplits(
-        root, classes, samples["train"], samples["val"], samples["test"], origin, ignored
+        root,
+        classes,
+        samples["train"],
+        samples["val"],
+        samples["test"],
+        origin,
+        ignored or {},
+        multilabel=multilabel,
     )
 
 
