@@ -18,7 +18,7 @@ import datasets
 from PIL import Image
 
 from vitft.core.errors import VitftError
-from vitft.data.folder import DatasetSplits, Sample, carve_missing
+from vitft.data.folder import DatasetSplits, Sample, carved_splits
 from vitft.data.manifest import SPLIT_NAMES
 
 log = logging.getLogger(__name__)
@@ -86,21 +86,9 @@ def _image_files(ds, column: str, out_dir: Path) -> list[Path]:
     return files
 
 
-def scan_hf(
-    data: Any,
-    classes: list[str] | None = None,
-    multilabel: bool | None = None,
-    val_fraction: float = 0.15,
-    test_fraction: float = 0.15,
-    split_seed: int = 0,
-) -> DatasetSplits:
-    """The splits of the HF dataset at ``data.data_dir`` (see the module docstring)."""
-    location = str(data["data_dir"])
-    image_col = data.get("image_column") or "image"
-    label_col = data.get("label_column") or "label"
-    cache_dir = Path(str(data.get("cache_dir") or ".cache/hf")).expanduser()
-    hub = {k: data[k] for k in ("name", "revision") if data.get(k)}
-    loaded = open_dataset(location, str(cache_dir), **hub)
+def _named_splits(loaded, location: str) -> dict[str, Any]:
+    """The dataset's splits under vitft's names (train/val/test); others are logged and left
+    out, and a dataset without a train split is refused."""
     parts = loaded if isinstance(loaded, datasets.DatasetDict) else {"train": loaded}
     named: dict[str, Any] = {}
     for key, ds in parts.items():
@@ -111,6 +99,15 @@ def scan_hf(
         named[split] = ds
     if "train" not in named:
         raise VitftError(f"HF dataset {location} has no train split (splits: {list(parts)})")
+    return named
+
+
+def _check_columns(
+    named: dict[str, Any], location: str, image_col: str, label_col: str, multilabel: bool | None
+) -> tuple[list[str] | None, bool]:
+    """Refuse a split without the image or label column, or a label column that contradicts
+    ``task.multilabel``; returns the column's class names (or None) and whether it is
+    multi-label."""
     for ds in named.values():
         missing = [c for c in (image_col, label_col) if c not in ds.column_names]
         if missing:
@@ -126,7 +123,14 @@ def scan_hf(
             f"task.multilabel=true but {location}:{label_col} holds one label per image; "
             "use a column of label lists (or task.multilabel=null)"
         )
+    return names, is_multi
 
+
+def _labelled_files(
+    named: dict[str, Any], location: str, cols: tuple[str, str], cache_dir: Path, names, is_multi
+) -> dict[str, list[tuple[Path, list[str]]]]:
+    """Per split, each row's image file and its label names (an empty single label refused)."""
+    image_col, label_col = cols
     raw: dict[str, list[tuple[Path, list[str]]]] = {}
     for split, ds in named.items():
         files = _image_files(ds, image_col, cache_dir / "images" / ds._fingerprint / split)
@@ -137,8 +141,11 @@ def scan_hf(
                 raise VitftError(f"HF dataset {location} {split} row {i}: empty label")
             rows.append((f, [names[v] if names else str(v) for v in values if v is not None]))
         raw[split] = rows
-    found = sorted({lb for rows in raw.values() for _, lbs in rows for lb in lbs})
-    known = [str(c) for c in classes] if classes else (list(names) if names else found)
+    return raw
+
+
+def _check_known(raw: dict[str, list], known: list[str], location: str) -> None:
+    """Refuse the first row with a label outside the class list ``known``."""
     for split, rows in raw.items():
         for i, (_, lbs) in enumerate(rows):
             unknown = sorted(set(lbs) - set(known))
@@ -147,6 +154,29 @@ def scan_hf(
                     f"HF dataset {location} {split} row {i}: label {unknown} is not in "
                     f"task.classes {known}; fix task.classes or set it to null"
                 )
+
+
+def scan_hf(
+    data: Any,
+    classes: list[str] | None = None,
+    multilabel: bool | None = None,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    split_seed: int = 0,
+) -> DatasetSplits:
+    """The splits of the HF dataset at ``data.data_dir`` (see the module docstring)."""
+    location = str(data["data_dir"])
+    image_col = data.get("image_column") or "image"
+    label_col = data.get("label_column") or "label"
+    cache_dir = Path(str(data.get("cache_dir") or ".cache/hf")).expanduser()
+    hub = {k: data[k] for k in ("name", "revision") if data.get(k)}
+    named = _named_splits(open_dataset(location, str(cache_dir), **hub), location)
+    names, is_multi = _check_columns(named, location, image_col, label_col, multilabel)
+    cols = (image_col, label_col)
+    raw = _labelled_files(named, location, cols, cache_dir, names, is_multi)
+    found = sorted({lb for rows in raw.values() for _, lbs in rows for lb in lbs})
+    known = [str(c) for c in classes] if classes else (list(names) if names else found)
+    _check_known(raw, known, location)
     index = {c: i for i, c in enumerate(known)}
     samples: dict[str, list[Sample]] = {
         split: sorted(
@@ -155,15 +185,13 @@ def scan_hf(
         )
         for split, rows in raw.items()
     }
-    origin = carve_missing(
-        samples, Path(location), val_fraction, test_fraction, split_seed, is_multi, "HF split"
-    )
-    return DatasetSplits(
+    return carved_splits(
+        samples,
         Path(location),
         known,
-        samples["train"],
-        samples["val"],
-        samples["test"],
-        origin,
-        multilabel=is_multi,
+        val_fraction,
+        test_fraction,
+        split_seed,
+        is_multi,
+        "HF split",
     )
