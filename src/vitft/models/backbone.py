@@ -89,58 +89,71 @@ def load_backbone(model_cfg: dict, labels: list[str]) -> tuple[PreTrainedModel, 
     if model_cfg.get("drop_path_rate") is not None:
         extra["drop_path_rate"] = float(model_cfg["drop_path_rate"])
     if pretrained:
-        source = str(pretrained)
-        local = Path(source).expanduser()
-        if local.exists() and not (local / "config.json").is_file():
-            raise VitftError(
-                f"model.pretrained={source!r} is a local path but has no config.json: it must be "
-                "a directory written by save_pretrained (config.json + model.safetensors)"
-            )
-        source = str(local) if local.exists() else source
-        if model_cfg.get("sha256"):
-            check_sha256(local, str(model_cfg["sha256"]))
-        try:
-            model = (
-                load_pruned(source, **_label_kwargs(labels)) if local.exists() else None
-            ) or AutoModelForImageClassification.from_pretrained(
-                source,
-                ignore_mismatched_sizes=True,
-                dtype=torch.float32,  # transformers 5 would keep fp16 weights' dtype
-                **_label_kwargs(labels),
-                **extra,
-            )
-            processor = AutoImageProcessor.from_pretrained(source)
-        except pickle.UnpicklingError as err:
-            raise VitftError(
-                f"refused to load model.pretrained={source!r}: its weights are a pickle that would "
-                "run code (torch.load weights_only=True rejected it). Use a safetensors copy "
-                "(save_pretrained(..., safe_serialization=True))"
-            ) from err
-        except OSError as err:
-            if local.exists():
-                raise VitftError(f"could not load model.pretrained={source!r}: {err}") from err
-            raise _offline_error(source, err) from err
-        _check_drop_path(model.config.model_type, extra)
-        return model, processor
+        return _from_pretrained(model_cfg, str(pretrained), labels, extra)
     if config:
-        # plain lists/dicts: HF's strict config dataclasses reject OmegaConf containers
-        config = OmegaConf.to_container(config) if OmegaConf.is_config(config) else dict(config)
-        model_type = config.pop("model_type", None)
-        if not model_type:
-            raise VitftError("model.config needs a model_type (e.g. vit)")
-        _check_drop_path(model_type, extra)
-        hf_config = AutoConfig.for_model(model_type, **{**config, **extra}, **_label_kwargs(labels))
-        if not hf_config.architectures:
-            # Auto classes with two heads per type (DeiT, LeViT) need the architecture named.
-            hf_config.architectures = [_classifier_class_name(model_type)]
-        check_image_size(hf_config)
-        model = AutoModelForImageClassification.from_config(hf_config)
-        if model_type in KAIMING_CONV_INIT:
-            kaiming_conv_init(model)
-        return model, default_image_processor(hf_config)
+        return _from_config(config, labels, extra)
     raise VitftError(
         "set model.pretrained (hub id or local dir) or model.config (build from config)"
     )
+
+
+def _from_pretrained(
+    model_cfg: dict, source: str, labels: list[str], extra: dict
+) -> tuple[PreTrainedModel, Any]:
+    """The pretrained classifier and processor at ``source``: a local save_pretrained dir
+    (checked against ``model_cfg.sha256``; a pruned one keeps its shape) or a hub id."""
+    local = Path(source).expanduser()
+    if local.exists() and not (local / "config.json").is_file():
+        raise VitftError(
+            f"model.pretrained={source!r} is a local path but has no config.json: it must be "
+            "a directory written by save_pretrained (config.json + model.safetensors)"
+        )
+    source = str(local) if local.exists() else source
+    if model_cfg.get("sha256"):
+        check_sha256(local, str(model_cfg["sha256"]))
+    try:
+        model = (
+            load_pruned(source, **_label_kwargs(labels)) if local.exists() else None
+        ) or AutoModelForImageClassification.from_pretrained(
+            source,
+            ignore_mismatched_sizes=True,
+            dtype=torch.float32,  # transformers 5 would keep fp16 weights' dtype
+            **_label_kwargs(labels),
+            **extra,
+        )
+        processor = AutoImageProcessor.from_pretrained(source)
+    except pickle.UnpicklingError as err:
+        raise VitftError(
+            f"refused to load model.pretrained={source!r}: its weights are a pickle that would "
+            "run code (torch.load weights_only=True rejected it). Use a safetensors copy "
+            "(save_pretrained(..., safe_serialization=True))"
+        ) from err
+    except OSError as err:
+        if local.exists():
+            raise VitftError(f"could not load model.pretrained={source!r}: {err}") from err
+        raise _offline_error(source, err) from err
+    _check_drop_path(model.config.model_type, extra)
+    return model, processor
+
+
+def _from_config(config: Any, labels: list[str], extra: dict) -> tuple[PreTrainedModel, Any]:
+    """A classifier built from ``model.config`` with random weights, and the default processor
+    for its image size."""
+    # plain lists/dicts: HF's strict config dataclasses reject OmegaConf containers
+    config = OmegaConf.to_container(config) if OmegaConf.is_config(config) else dict(config)
+    model_type = config.pop("model_type", None)
+    if not model_type:
+        raise VitftError("model.config needs a model_type (e.g. vit)")
+    _check_drop_path(model_type, extra)
+    hf_config = AutoConfig.for_model(model_type, **{**config, **extra}, **_label_kwargs(labels))
+    if not hf_config.architectures:
+        # Auto classes with two heads per type (DeiT, LeViT) need the architecture named.
+        hf_config.architectures = [_classifier_class_name(model_type)]
+    check_image_size(hf_config)
+    model = AutoModelForImageClassification.from_config(hf_config)
+    if model_type in KAIMING_CONV_INIT:
+        kaiming_conv_init(model)
+    return model, default_image_processor(hf_config)
 
 
 # BatchNorm conv nets whose HF init (transformers 5) draws conv weights and even BatchNorm scales
