@@ -154,18 +154,24 @@ class ClassifierModule(L.LightningModule):
         self.teacher = teacher
         self.distill = _plain(distill) or {}
         self.param_counts: dict[str, int] = {}
+        self._build_loss(class_weights)
+        self._build_metrics(self.model.config.num_labels)
+
+    def _build_loss(self, class_weights: list[float] | None) -> None:
+        """The training objective from ``hparams.loss``: the criterion (with ``class_weights``),
+        label smoothing or ordinal soft targets, and MixUp/CutMix."""
         loss = self.hparams.loss
         weight = torch.tensor(class_weights, dtype=torch.float) if class_weights else None
         self.label_smoothing = float(loss.get("label_smoothing", 0.0))
-        n = model.config.num_labels
+        n = self.model.config.num_labels
         # Ordered grades: soft targets by grade distance replace one-hot targets and smoothing.
-        self.ordinal = bool(loss.get("ordinal")) and not is_multilabel(model.config)
+        self.ordinal = bool(loss.get("ordinal")) and not is_multilabel(self.model.config)
         if self.ordinal:
             kernel = ordinal_targets(n, float(loss.get("ordinal_alpha", 2.0)))
             self.register_buffer("ordinal_kernel", kernel, persistent=False)
             self.label_smoothing = 0.0
         # Multi-label: one sigmoid per class, BCE with class_weights as positive weights.
-        self.multilabel = is_multilabel(model.config)
+        self.multilabel = is_multilabel(self.model.config)
         name = loss.get("name", "cross_entropy")
         if name not in LOSSES:
             raise VitftError(
@@ -176,6 +182,10 @@ class ClassifierModule(L.LightningModule):
         else:
             self.criterion = LOSSES[name](weight=weight, label_smoothing=self.label_smoothing)
         self.mix = build_mix(loss.get("mixup_alpha", 0.0), loss.get("cutmix_alpha", 0.0), n)
+
+    def _build_metrics(self, n: int) -> None:
+        """Per-stage metrics, confusion matrices, PR curves and thresholds (multi-label), and
+        epoch-mean losses, for ``n`` classes (multilabel and ordinal as ``_build_loss`` set)."""
         # nn.ModuleDict keys can't be "train" (a Module method): one attribute per stage.
         self.train_metrics = build_metrics(n, "train/", self.multilabel, self.ordinal)
         self.val_metrics = build_metrics(n, "val/", self.multilabel, self.ordinal)
