@@ -75,6 +75,18 @@ def test_no_source_file_over_400_lines():
     assert not long, long
 
 
+def test_no_function_over_60_lines():
+    """A function a reader can hold: docstring included, none in src/vitft over 60 lines."""
+    long = {
+        f"{p.relative_to(ROOT)}:{fn.lineno} {fn.name}": n
+        for p in SRC.rglob("*.py")
+        for fn in ast.walk(ast.parse(p.read_text()))
+        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef))
+        and (n := fn.end_lineno - fn.lineno + 1) > 60
+    }
+    assert not long, long
+
+
 def test_register_hf_lets_pipeline_load_every_head_in_a_fresh_interpreter(tmp_path):
     """pipeline() on a model dir with a non-linear head needs only `vitft.register_hf()`."""
     from vitft.modelio.hf import save_hf
