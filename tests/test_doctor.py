@@ -105,7 +105,7 @@ def test_header_check_finds_truncation_without_decoding(messy):
 def test_check_data_cli_report_and_exit_codes(tmp_path, messy):
     def cli(*args):
         return subprocess.run(
-            [sys.executable, "check_data.py", *args],
+            [sys.executable, "-m", "vitft", "check-data", *args],
             cwd=ROOT,
             capture_output=True,
             text=True,

@@ -143,11 +143,13 @@ def test_bad_settings_are_one_line_errors(model_dir, pool, tmp_path):
 
 
 @pytest.mark.slow
-def test_root_script_runs(model_dir, pool, tmp_path):
+def test_vitft_select_runs(model_dir, pool, tmp_path):
     proc = subprocess.run(
         [
             sys.executable,
-            str(ROOT / "select_images.py"),
+            "-m",
+            "vitft",
+            "select",
             f"model_dir={model_dir}",
             f"pool={pool}",
             "budget=2",

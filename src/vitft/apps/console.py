@@ -1,7 +1,9 @@
 """The ``vitft`` console command: ``vitft <command> [hydra overrides]``, from any directory.
 
-Each command is the same plain function as its root script (``train.py`` ...), composed from the
-configs shipped inside the package (``vitft/conf`` in a wheel; the repo's ``conf/`` in a clone).
+Each command is one plain function (the main commands' root scripts, ``train.py`` ..., run the
+same), composed from the configs shipped inside the package (``vitft/conf`` in a wheel; the
+repo's ``conf/`` in a clone). Commands without a root script (``check-data``, ``select`` ...) run
+only as ``vitft <command>`` or ``python -m vitft <command>``.
 Users add their own config folders with Hydra's ``--config-dir DIR`` (``-cd``) or
 ``hydra.searchpath=[file:///abs/dir]``: a ``task/line7.yaml`` there is ``task=line7``.
 
