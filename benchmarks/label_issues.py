@@ -1,4 +1,4 @@
-"""Label issues: does check_data.py labels=true find injected label flips, and does dropping or
+"""Label issues: does `vitft check-data labels=true` find injected label flips, and does dropping or
 correcting what it flags recover test accuracy?
 
 For data/defect and data/pest: flip 5% and 10% of the training labels at random (each to another

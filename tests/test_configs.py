@@ -142,7 +142,7 @@ def test_unknown_option_is_a_clear_hydra_error(tmp_path):
 
 
 def check_pretraining_method(tmp_path, tiny_data, option: str) -> None:
-    """conf/pretraining/<option>.yaml (a pretrain.py group) builds a method that trains a step."""
+    """conf/pretraining/<option>.yaml (for `vitft pretrain`) builds a method that trains a step."""
     from PIL import Image
 
     from tests.test_pretraining import pretrain_cfg

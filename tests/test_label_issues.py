@@ -1,5 +1,5 @@
 """Label issues: out-of-fold probabilities, cleanlab's suspects, near-duplicates across splits,
-and check_data.py labels=true end to end (CSV, gallery, Label Studio review tasks)."""
+and `vitft check-data labels=true` end to end (CSV, gallery, Label Studio review tasks)."""
 
 from __future__ import annotations
 
