@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import csv
+import importlib
 import json
+import os
+import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
-
-import transformers
 
 from vitft.core.errors import VitftError
 from vitft.deploy.predictor import UNCERTAIN, UNKNOWN, Predictor, Results
@@ -53,13 +54,24 @@ def write_predictions(results: Results, output: str | Path, labels: list[str]) -
     return output
 
 
+def _no_progress_bars() -> None:
+    """No weight-loading progress bars, without importing transformers (an ONNX export runs
+    without it) or the hub: they read HF_HUB_DISABLE_PROGRESS_BARS when they are imported."""
+    if "transformers" in sys.modules:
+        importlib.import_module("transformers").utils.logging.disable_progress_bar()
+    elif "huggingface_hub" in sys.modules:
+        importlib.import_module("huggingface_hub.utils").disable_progress_bars()
+    else:
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+
+
 def predict(cfg: Any) -> Results:
     """predict.py: predict ``cfg.inputs`` and write ``cfg.output`` (CSV, or JSON by suffix)."""
     if cfg.get("format") not in (None, "csv", "json"):
         raise VitftError(f"format={cfg.format!r} is unknown; use csv or json")
     if not cfg.get("inputs"):
         raise VitftError("set inputs=<image | folder | glob> (a list works too)")
-    transformers.utils.logging.disable_progress_bar()
+    _no_progress_bars()
     thresholds = cfg.get("class_thresholds") or {}
     predictor = Predictor.from_path(
         cfg.get("model_dir"),

@@ -1,158 +1,131 @@
 """Predict labels for image files: one ``Predictor`` over any inference backend.
 
 A backend is anything that maps a float32 pixel batch ``(N, 3, H, W)`` to logits ``(N, classes)``
-(``vitft.deploy.backends``: PyTorch, or any export folder). The ``Predictor`` owns what is the
-same for every backend: decoding, the model's own preprocessing (``ImageTransform``), batching,
-TTA, the reject option, the unknown flag (an OOD score on the backbone features, from the PyTorch
-model or an export that computes it), the defective verdict of an operating point, bad files.
-Never imports Lightning: a checkpoint is read with ``torch.load(weights_only=True)``.
+(``vitft.deploy.backends``: PyTorch, or any export folder; ``vitft.deploy.ort_backend``: an ONNX
+Runtime export on numpy arrays). The ``Predictor`` owns what is the same for every backend:
+decoding, the model's own preprocessing, batching, TTA, the reject option, the unknown flag (an OOD
+score on the backbone features, from the PyTorch model or an export that computes it), the
+defective verdict of an operating point, bad files.
+
+An ONNX Runtime export runs on numpy end to end (preprocessing from the export's own files,
+``vitft.deploy.preprocess``): this module imports neither torch nor transformers, and the PyTorch
+side (``vitft.deploy.predictor_torch``) is imported only when it is asked for. Never imports
+Lightning: a checkpoint is read with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
 
-import glob
 import logging
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
+import numpy as np
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
-from transformers import AutoImageProcessor
 
 from vitft.core.errors import VitftError
-from vitft.data.folder import list_images
+from vitft.core.lazy import attach
 from vitft.data.images import load_image
-from vitft.data.transforms import ImageTransform
-from vitft.deploy.backends import Backend, ExportedBackend, TorchBackend
-from vitft.deploy.metadata import METADATA_FILE, metadata_operating_point, metadata_scorer
-from vitft.modelio.checkpoint import load_classifier
-from vitft.modelio.hf import model_info
-from vitft.modelio.ood import has_ood, load_ood
-from vitft.modelio.operating_point import load_operating_point
-from vitft.models.multilabel import DEFAULT_THRESHOLD, decide, is_multilabel, label_sets
-from vitft.models.ood import OODScorer
-from vitft.models.operating_point import OperatingPoint, for_model
+from vitft.deploy.arrays import contiguous, normalized, stack, torch_module, tta_views
+from vitft.deploy.ort_backend import (
+    METADATA_FILE,
+    is_multilabel_export,
+    lean_export_parts,
+    read_export,
+)
+from vitft.deploy.predictions import (
+    UNCERTAIN,
+    UNKNOWN,
+    BadFile,
+    Files,
+    Prediction,
+    Results,
+    collate,
+    resolve_inputs,
+)
+from vitft.deploy.preprocess import ExportPreprocess, ProcessorPreprocess
 
+__all__ = [
+    "UNCERTAIN",
+    "UNKNOWN",
+    "BadFile",
+    "Prediction",
+    "Predictor",
+    "Results",
+    "resolve_inputs",
+    "tta_views",
+]
 log = logging.getLogger(__name__)
+# The PyTorch side, imported on first use: it loads torch and transformers, which an ONNX Runtime
+# export run without torch never needs. The backends stay importable from here, as before.
+_torch_side, _ = attach(
+    "vitft.deploy",
+    {
+        "export_parts": "vitft.deploy.predictor_torch",
+        "model_parts": "vitft.deploy.predictor_torch",
+        "ImageTransform": "vitft.data.transforms",
+    },
+)
+__getattr__, __dir__ = attach(
+    __name__,
+    {name: "vitft.deploy.backends" for name in ("Backend", "ExportedBackend", "TorchBackend")},
+)
 
-UNCERTAIN = "uncertain"
-UNKNOWN = "unknown"  # the label of an image unlike the training data (OOD score > threshold)
+DEFAULT_THRESHOLD = 0.5  # a multi-label class without a tuned threshold (vitft.models.multilabel)
 
 
 def _multilabel_args(meta: dict) -> dict:
     """Predictor arguments from a model's vitft.json or an export's metadata.json."""
-    if not is_multilabel(meta):
+    if not is_multilabel_export(meta):
         return {}
     if not meta.get("thresholds"):
         log.warning("multi-label model without tuned thresholds: every class at 0.5")
     return {"multilabel": True, "tuned_thresholds": meta.get("thresholds")}
 
 
-def tta_views(pixel_values: torch.Tensor) -> list[torch.Tensor]:
-    """The image, its flips and (square images only) its 90/180/270 degree rotations."""
-    views = [pixel_values, pixel_values.flip(-1), pixel_values.flip(-2)]
-    if pixel_values.shape[-1] == pixel_values.shape[-2]:
-        views += [torch.rot90(pixel_values, k, dims=(-2, -1)) for k in (1, 2, 3)]
-    return views
+def check_operating_point(point: Any, labels: list[str], multilabel: bool) -> Any:
+    """``point`` checked against a model's ``labels`` (None stays None), as
+    ``vitft.models.operating_point.for_model`` checks it."""
+    if point is None:
+        return None
+    if multilabel:  # 1 - the ok classes' sigmoids is no probability
+        raise VitftError("an operating point (ok_classes) is for single-label models")
+    ok = list(point.ok_classes)
+    unknown = [c for c in ok if c not in labels]
+    if unknown or not ok:
+        raise VitftError(
+            f"operating point ok_classes={ok} names {unknown or 'no class'}, not classes of the "
+            f"model; valid classes: {list(labels)} (task.ok_classes=null turns the ok/defective "
+            "view off)"
+        )
+    if set(ok) >= set(labels):
+        raise VitftError(
+            f"operating point ok_classes={ok} are all the classes {list(labels)}: leave at least "
+            "one defective class out of it"
+        )
+    return point
 
 
-@dataclass
-class Prediction:
-    path: str
-    label: str  # the predicted class, or "uncertain" below its threshold
-    predicted: str  # the most probable class, whatever its confidence
-    confidence: float
-    probs: dict[str, float]
-    latency_ms: float  # decode + preprocess of this image + its share of the batch's forward
-    # Multi-label models: every class at or above its threshold (empty: none); else None.
-    labels: list[str] | None = None
-    # With an OOD scorer (model/ood.json, or an export's metadata ood block): higher is less like
-    # the training data; unknown: above the scorer's threshold (then label is "unknown"). Else None.
-    ood_score: float | None = None
-    unknown: bool | None = None
-    # With an operating point (model/operating_point.json, an export's metadata): defective is
-    # p_defective >= its threshold; label stays the class (it may be an ok one). Else None.
-    p_defective: float | None = None
-    defective: bool | None = None
-
-
-@dataclass
-class BadFile:
-    path: str
-    reason: str
-
-
-@dataclass
-class Results:
-    predictions: list[Prediction] = field(default_factory=list)
-    bad_files: list[BadFile] = field(default_factory=list)
-
-
-def _decode_error(path: Path, err: Exception) -> str:
-    if path.is_file() and path.stat().st_size == 0:
-        return "zero bytes"
-    if isinstance(err, Image.UnidentifiedImageError):
-        return "not an image (PIL cannot identify it)"
-    return f"unreadable ({type(err).__name__}: {err})"
-
-
-class _Files(Dataset):
-    """Decode + preprocess one file; a bad file becomes an error entry, never an exception."""
-
-    def __init__(self, paths: Sequence[Path], transform: Callable):
-        self.paths = paths
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, idx: int) -> tuple[int, torch.Tensor | None, str | None, float]:
-        start = time.perf_counter()
-        path = self.paths[idx]
-        try:
-            pixels = self.transform(load_image(path))
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-            return idx, None, _decode_error(path, err), 0.0
-        return idx, pixels, None, (time.perf_counter() - start) * 1000
-
-
-def _collate(items: list) -> list:
-    return items
-
-
-def resolve_inputs(inputs: str | Path | Iterable[str | Path]) -> tuple[list[Path], list[BadFile]]:
-    """Image files from files, folders (recursive) and globs; non-image files are reported."""
-    if isinstance(inputs, (str, Path)):
-        inputs = [inputs]
-    files: list[Path] = []
-    bad: list[BadFile] = []
-    for item in inputs:
-        p = Path(str(item)).expanduser()
-        if p.is_dir():
-            images, other = list_images(p)
-            files += images
-            bad += [BadFile(str(o), "not an image (extension)") for o in other]
-        elif p.is_file():
-            files.append(p)
-        else:
-            matches = sorted(Path(m) for m in glob.glob(str(p), recursive=True))
-            found = [m for m in matches if m.is_file()]
-            if not found:
-                raise VitftError(f"inputs={item}: no such file, folder, or glob match")
-            files += found
-    return files, bad
+def _image_transform(processor: Any) -> Callable:
+    """PIL image -> ``(3, H, W)`` pixels: an export's own preprocessing (numpy) as it is, an HF
+    image processor through ``ImageTransform`` (torch)."""
+    if isinstance(processor, (ExportPreprocess, ProcessorPreprocess)):
+        return processor
+    return _torch_side("ImageTransform")(processor, None)
 
 
 class Predictor:
-    """Images in, labels + probabilities out, over any backend."""
+    """Images in, labels + probabilities out, over any backend.
+
+    Pixels, logits and probabilities are torch tensors over a PyTorch-side backend and numpy
+    arrays over an ONNX Runtime export run without torch (``Predictor.from_path(lean=...)``);
+    the decisions (``records``) are the same for both."""
 
     def __init__(
         self,
-        backend: Backend,
+        backend: Any,
         labels: list[str],
         processor: Any,
         threshold: float = 0.0,
@@ -162,16 +135,16 @@ class Predictor:
         num_workers: int = 0,
         multilabel: bool = False,
         tuned_thresholds: dict[str, float] | None = None,
-        ood: OODScorer | None = None,
-        operating_point: OperatingPoint | None = None,
+        ood: Any = None,
+        operating_point: Any = None,
     ):
         self.backend = backend
         if ood is not None and not backend.scores_ood:
             raise backend.no_ood_score()
-        self.ood = ood
+        self.ood = ood  # an OODScorer, or an export's ExportScorer: .threshold, .unknown(scores)
         self.labels = list(labels)
         self.multilabel = multilabel
-        self.transform = ImageTransform(processor, None)
+        self.transform = _image_transform(processor)
         self.tta = tta
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -186,8 +159,9 @@ class Predictor:
             tuned = {} if threshold else (tuned_thresholds or {})
             per_class = {c: float(tuned.get(c, default)) for c in self.labels}
         per_class.update({c: float(t) for c, t in (class_thresholds or {}).items()})
-        self.thresholds = torch.tensor([per_class[c] for c in self.labels])
-        self.operating_point = for_model(operating_point, self.labels, multilabel)
+        self.thresholds = np.array([per_class[c] for c in self.labels], np.float32)
+        # An OperatingPoint, or an export's ExportOperatingPoint: .verdicts(probs, labels)
+        self.operating_point = check_operating_point(operating_point, self.labels, multilabel)
 
     @classmethod
     def from_path(
@@ -196,64 +170,68 @@ class Predictor:
         ckpt_path: str | Path | None = None,
         device: str | None = "cpu",
         ood: bool = True,
+        lean: bool | None = None,
         **kwargs: Any,
     ) -> Predictor:
         """A Predictor over a model dir, an export folder (onnx, onnx_int8, torch_int8, tflite,
         ...: anything with a metadata.json) or a Lightning checkpoint. ``ood``: the unknown flag,
-        when the model dir has an OOD scorer (model/ood.json) or the export computes the score."""
-        if model_dir and (Path(model_dir) / METADATA_FILE).is_file():
-            backend = ExportedBackend(model_dir, device=device)
-            meta = backend.metadata
-            scorer = metadata_scorer(meta) if ood and backend.scores_ood else None
-            if ood and scorer is None and has_ood(meta.get("source_model")):
-                log.warning(
-                    "no ood_score: the %s export was made without the OOD scorer of %s; "
-                    "re-export it with export.py ood=true",
-                    backend.description,
-                    meta.get("source_model"),
-                )
-            processor = AutoImageProcessor.from_pretrained(model_dir)
-            args = {"ood": scorer, "operating_point": metadata_operating_point(meta), **kwargs}
-            return cls(backend, meta["labels"], processor, **_multilabel_args(meta), **args)
-        model, processor = load_classifier(model_dir, ckpt_path)
-        meta = {"multilabel": is_multilabel(model.config)}
-        if model_dir:
-            meta.update(model_info(model_dir))
-        backend = TorchBackend(model, device, meta.get("training_precision", ""))
-        scorer = load_ood(model_dir) if ood and has_ood(model_dir) else None
-        kwargs.setdefault("operating_point", load_operating_point(model_dir, model.labels))
-        return cls(backend, model.labels, processor, **_multilabel_args(meta), ood=scorer, **kwargs)
+        when the model dir has an OOD scorer (model/ood.json) or the export computes the score.
 
-    def probabilities(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        ``lean``: an ONNX Runtime export on numpy, preprocessed from its own files, without
+        loading torch or transformers. None: lean unless torch is loaded already (a process that
+        has it, e.g. serve or eval, gets the torch tensors it works in; the answers are the same).
+        """
+        export = bool(model_dir) and (Path(model_dir) / METADATA_FILE).is_file()
+        meta = read_export(model_dir) if export else {}
+        ort = meta.get("runtime") == "onnxruntime"
+        if lean and not ort:
+            raise VitftError(
+                f"lean=true runs ONNX Runtime exports; {model_dir} is "
+                + (f"a {meta.get('runtime')} export" if export else "not an export folder")
+            )
+        if ort and (lean or (lean is None and "torch" not in sys.modules)):
+            backend, labels, processor, args = lean_export_parts(model_dir, device, ood)
+        else:
+            if export:
+                parts = _torch_side("export_parts")(model_dir, device, ood)
+            else:
+                parts = _torch_side("model_parts")(model_dir, ckpt_path, device, ood)
+            backend, labels, processor, args = parts
+        meta = args.pop("meta")
+        return cls(backend, labels, processor, **_multilabel_args(meta), **{**args, **kwargs})
+
+    def probabilities(self, pixel_values: Any) -> Any:
         """Softmax (multi-label: per-class sigmoid) probabilities ``(N, classes)``, averaged over
         TTA views when enabled."""
         views = tta_views(pixel_values) if self.tta else [pixel_values]
-        norm = torch.sigmoid if self.multilabel else lambda x: x.softmax(-1)
-        probs = [norm(torch.as_tensor(self.backend(v.contiguous())).float()) for v in views]
-        return torch.stack(probs).mean(0)
+        probs = [normalized(self.backend(contiguous(v)), self.multilabel) for v in views]
+        return stack(probs).mean(0)
 
-    def outputs(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def outputs(self, pixel_values: Any) -> tuple[Any, Any | None]:
         """(probabilities, OOD scores or None). The OOD score is of the image as given (TTA views
         are for the class decision), from the same forward pass as its logits."""
         if self.ood is None:
             return self.probabilities(pixel_values), None
-        logits, scores = self.backend.scored(pixel_values.contiguous(), self.ood)
+        logits, scores = self.backend.scored(contiguous(pixel_values), self.ood)
         if self.tta:
             return self.probabilities(pixel_values), scores
-        norm = torch.sigmoid if self.multilabel else lambda x: x.softmax(-1)
-        return norm(logits), scores
+        return normalized(logits, self.multilabel), scores
 
-    def packed(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """``outputs`` as one tensor (probabilities, then the OOD score as a last column when
+    def packed(self, pixel_values: Any) -> Any:
+        """``outputs`` as one array (probabilities, then the OOD score as a last column when
         there is a scorer): what the serve micro-batcher passes around; ``unpack`` splits it."""
         probs, scores = self.outputs(pixel_values)
-        return probs if scores is None else torch.cat([probs, scores[:, None]], 1)
+        if scores is None:
+            return probs
+        if isinstance(probs, np.ndarray):
+            return np.concatenate([probs, np.asarray(scores, probs.dtype)[:, None]], 1)
+        return torch_module().cat([probs, scores[:, None]], 1)
 
-    def unpack(self, packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def unpack(self, packed: Any) -> tuple[Any, Any | None]:
         n = len(self.labels)
         return packed[:, :n], (packed[:, n] if packed.shape[1] > n else None)
 
-    def features(self, pixel_values: torch.Tensor, views: str | None = None) -> torch.Tensor:
+    def features(self, pixel_values: Any, views: str | None = None) -> Any:
         """Pooled backbone features ``(N, D)`` (PyTorch backend); with ``views``, the OOD
         scorer's ``(N, V, D')`` features over those views (``vitft.models.ood.view_features``)."""
         if not hasattr(self.backend, "features"):
@@ -263,8 +241,9 @@ class Predictor:
             )
         return self.backend.features(pixel_values.contiguous(), views)
 
-    def _decide(self, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        conf, idx = probs.max(-1)
+    def _decide(self, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        idx = probs.argmax(-1)
+        conf = np.take_along_axis(probs, idx[:, None], -1)[:, 0]
         return conf, idx, conf < self.thresholds[idx]
 
     def predict(self, images: Sequence[Image.Image | str | Path]) -> list[Prediction]:
@@ -274,7 +253,7 @@ class Predictor:
             chunk = images[start : start + self.batch_size]
             t0 = time.perf_counter()
             pils = [img if isinstance(img, Image.Image) else load_image(img) for img in chunk]
-            pixels = torch.stack([self.transform(img) for img in pils])
+            pixels = stack([self.transform(img) for img in pils])
             probs, scores = self.outputs(pixels)
             ms = (time.perf_counter() - t0) * 1000 / len(chunk)
             names = [
@@ -287,15 +266,16 @@ class Predictor:
     def records(
         self,
         paths: list[str],
-        probs: torch.Tensor,
+        probs: Any,
         ms: list[float],
-        ood_scores: torch.Tensor | None = None,
+        ood_scores: Any = None,
     ) -> list[Prediction]:
         """One Prediction per row of ``probs`` (labels, reject, unknown flag, verdict, latency)."""
+        rows = np.asarray(probs, np.float32)
         if self.multilabel:
-            out = self._label_sets(paths, probs, ms)
+            out = self._label_sets(paths, rows, ms)
         else:
-            out = self._single_label(paths, probs, ms)
+            out = self._single_label(paths, rows, ms)
         if point := self.operating_point:
             for p, verdict in zip(out, point.verdicts(probs, self.labels), strict=True):
                 p.p_defective, p.defective = verdict
@@ -307,7 +287,7 @@ class Predictor:
                     p.label = UNKNOWN
         return out
 
-    def _single_label(self, paths: list[str], probs: torch.Tensor, ms: list[float]) -> list:
+    def _single_label(self, paths: list[str], probs: np.ndarray, ms: list[float]) -> list:
         conf, idx, reject = self._decide(probs)
         return [
             Prediction(
@@ -321,9 +301,10 @@ class Predictor:
             for i, path in enumerate(paths)
         ]
 
-    def _label_sets(self, paths: list[str], probs: torch.Tensor, ms: list[float]) -> list:
-        conf, idx = probs.max(-1)
-        sets = label_sets(decide(probs, self.thresholds), self.labels)
+    def _label_sets(self, paths: list[str], probs: np.ndarray, ms: list[float]) -> list:
+        conf, idx = probs.max(-1), probs.argmax(-1)
+        present = probs >= self.thresholds  # vitft.models.multilabel.decide
+        sets = [[c for c, on in zip(self.labels, row, strict=True) if on] for row in present]
         return [
             Prediction(
                 path=path,
@@ -359,41 +340,50 @@ class Predictor:
         inputs: str | Path | Iterable[str | Path],
         progress: bool | None = None,
         views: str | None = None,
-    ) -> tuple[torch.Tensor, list[str], list[BadFile]]:
+    ) -> tuple[Any, list[str], list[BadFile]]:
         """Backbone features ``(N, D)`` (with ``views``: ``(N, V, D)``) of every readable image
         under ``inputs`` (no TTA), the paths they belong to, and the bad files."""
         paths, bad = resolve_inputs(inputs)
         results = Results(bad_files=bad)
-        feats: list[torch.Tensor] = []
+        feats: list[Any] = []
         names: list[str] = []
         for good, pixels, _ in self._batches(paths, results, progress, "features"):
             feats.append(self.features(pixels, views))
             names += [str(p) for p in good]
+        torch = torch_module()  # features come from the PyTorch model
         if not feats:
             return torch.zeros(0, 0), names, results.bad_files
         return torch.cat(feats), names, results.bad_files
 
+    def _loader(self, paths: list[Path]) -> Iterable[list]:
+        """Batches of ``_Files`` items; worker processes (num_workers > 0) by torch's DataLoader."""
+        files = Files(paths, self.transform)
+        if self.num_workers <= 0:
+            for start in range(0, len(files), self.batch_size):
+                yield [files[i] for i in range(start, min(start + self.batch_size, len(files)))]
+            return
+        from torch.utils.data import DataLoader
+
+        yield from DataLoader(
+            files, batch_size=self.batch_size, num_workers=self.num_workers, collate_fn=collate
+        )
+
     def _batches(self, paths: list[Path], results: Results, progress: bool | None, desc: str):
         """(paths, pixels, per-image decode ms) per batch of readable files; the unreadable ones
         are added to ``results.bad_files``."""
-        loader = DataLoader(
-            _Files(paths, self.transform),
-            batch_size=self.batch_size,
-            num_workers=self.num_workers,
-            collate_fn=_collate,
-        )
         if progress is None:
             progress = len(paths) > 4 * self.batch_size
-        batches: Iterable = loader
+        batches: Iterable = self._loader(paths)
         if progress:
             from tqdm.auto import tqdm
 
-            batches = tqdm(loader, desc=desc, unit="batch")
+            total = -(-len(paths) // self.batch_size)
+            batches = tqdm(batches, desc=desc, unit="batch", total=total)
         for items in batches:
             good = [it for it in items if it[1] is not None]
             for idx, _, err, _ in items:
                 if err is not None:
                     results.bad_files.append(BadFile(str(paths[idx]), err))
             if good:
-                pixels = torch.stack([it[1] for it in good])
+                pixels = stack([it[1] for it in good])
                 yield [paths[it[0]] for it in good], pixels, [it[3] for it in good]
