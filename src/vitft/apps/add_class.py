@@ -121,7 +121,7 @@ def _set_labels(model, labels: list[str]) -> None:
 
 
 def add_class(cfg: Any) -> dict:
-    """add_class.py: model_dir + images of class ``cfg['class']`` -> a new model dir (output)."""
+    """vitft add-class: model_dir + images of class ``cfg['class']`` -> a new model dir (output)."""
     name, images = _request(cfg)
     model, processor = load_model(cfg.model_dir)
     labels = list(model.labels)

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 
 def check_data(cfg: Any) -> int:
-    """check_data.py: print the report, write it as JSON, return the exit code."""
+    """vitft check-data: print the report, write it as JSON, return the exit code."""
     data = cfg.data
     location = cfg.get("data_dir") or data.data_dir
     classes = None if cfg.get("data_dir") else data.classes

@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 
 def explain(cfg: Any) -> list[Path]:
-    """explain.py: one PNG per input image (image | one map per method) in ``cfg.output_dir``."""
+    """vitft explain: one PNG per input image (image | one map per method) in ``cfg.output_dir``."""
     if not cfg.get("inputs"):
         raise VitftError("set inputs=<image | folder | glob> (a list works too)")
     device = cfg.get("device", "auto")

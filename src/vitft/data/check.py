@@ -1,4 +1,4 @@
-"""check_data.py: the data doctor's report for any data source (folders, manifests, HF).
+"""vitft check-data: the data doctor's report for any data source (folders, manifests, HF).
 
 Folders: ``doctor.check_dataset``. Manifests: every row (missing files, unknown or misspelled
 labels with the closest class, duplicate rows, conflicting labels, empty labels), then every

@@ -1,6 +1,6 @@
 """Data doctor: find what is wrong with a folder dataset before anyone spends GPU hours on it.
 
-``check_dataset(root)`` walks every file (``python check_data.py``); ``screen(splits)`` runs the
+``check_dataset(root)`` walks every file (``vitft check-data``); ``screen(splits)`` runs the
 same per-file checks on a scanned dataset before training and applies ``data.on_bad_file``.
 
 Per file: zero-byte, not an image (whatever the extension), corrupt, truncated (fast path: the
@@ -317,7 +317,7 @@ def _bad_files(splits: DatasetSplits, check: str) -> list[dict]:
     if leaks:
         log.warning(
             "%d image(s) appear in more than one split (same bytes), e.g. %s; "
-            "run check_data.py for the list",
+            "run vitft check-data for the list",
             len(leaks),
             leaks[0]["path"],
         )
@@ -341,7 +341,7 @@ def _report_bad(
     if on_bad_file == "fail":
         raise VitftError(
             f"{len(bad)} bad file(s) in {splits.root} ({counts}):\n{listing}{more}\n"
-            "Fix or remove them (python check_data.py lists every problem), or set "
+            "Fix or remove them (vitft check-data lists every problem), or set "
             "data.on_bad_file=skip to train without them"
         )
     log.warning(

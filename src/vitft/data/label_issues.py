@@ -1,4 +1,4 @@
-"""Training labels that are probably wrong, from image features (``check_data.py labels=true``).
+"""Training labels that are probably wrong, from image features (``vitft check-data labels=true``).
 
 features (a frozen backbone's, one row per image) -> out-of-fold class probabilities by K-fold
 cross-fitting a logistic regression (each image scored by a model that never saw its label) ->

@@ -316,7 +316,7 @@ def scan_manifest(
         if on_bad_file == "fail":
             raise VitftError(
                 f"{len(m.problems)} bad row(s) in {m.file} ({counts}):\n{m.problem_list()}\n"
-                "Fix the manifest (python check_data.py data=manifest lists every problem), or "
+                "Fix the manifest (vitft check-data data=manifest lists every problem), or "
                 "set data.on_bad_file=skip to train without these rows"
             )
         log.warning(

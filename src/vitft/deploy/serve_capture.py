@@ -4,7 +4,7 @@ Images flagged unknown or uncertain are saved as received (their own bytes and f
 ``<capture_dir>/images/<day>/``, and one row per image is appended to
 ``<capture_dir>/manifest.csv`` with the columns ``data=manifest`` reads (``path`` relative to the
 manifest, ``label``: the model's guess, to be corrected by whoever labels it) plus the flag,
-confidence, OOD score, request id and time. ``select_images.py pool=<capture_dir>/images`` ranks
+confidence, OOD score, request id and time. ``vitft select pool=<capture_dir>/images`` ranks
 them. Once the images reach ``capture_max_mb``, new ones are counted but not saved.
 """
 

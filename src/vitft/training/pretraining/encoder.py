@@ -24,7 +24,7 @@ def vit_encoder(hf_model: PreTrainedModel) -> ViTModel:
     """The ViT base model inside an HF image classifier (the part pretraining trains)."""
     if hf_model.config.model_type != "vit":
         raise VitftError(
-            "pretrain.py pretrains ViT backbones (model_type vit), not "
+            "vitft pretrain pretrains ViT backbones (model_type vit), not "
             f"{hf_model.config.model_type!r}. Use model=vit_fractal, model=vit_tiny, "
             "model=vit_base or a local ViT dir"
         )
