@@ -13,7 +13,8 @@ rep by rep so that load from other processes falls on both alike.
 The model is conf/model/vit_tiny (random weights, 3 classes) saved with ``save_hf``; the export is
 ``vitft export formats=[onnx]`` of it, made once by this checkout. Children run with one OpenMP
 thread. Writes benchmarks/results/startup.csv: best and median wall seconds per side, the median
-CPU seconds of the process (which a busy machine disturbs less) and the load average. Ends with
+CPU seconds of the process (which a busy machine disturbs less) and the load average; with
+``--only``, the rows of the other commands stay as they were. Ends with
 ``RESULT startup <baseline / this checkout, median wall, vitft predict on the ONNX export>``
 (without ``--baseline``: the median seconds).
 """
@@ -21,6 +22,7 @@ CPU seconds of the process (which a busy machine disturbs less) and the load ave
 from __future__ import annotations
 
 import argparse
+import csv as csv_module
 import os
 import socket
 import subprocess
@@ -151,6 +153,26 @@ def unpack(ref: str, dst: Path) -> Path:
     return dst / "src"
 
 
+def previous_rows() -> list[list[str]]:
+    """The rows of results/startup.csv as they are (machine note included), header first."""
+    path = Path(os.environ.get("VITFT_RESULTS_DIR") or ROOT / "benchmarks" / "results")
+    path = path / "startup.csv"
+    return list(csv_module.reader(path.open())) if path.is_file() else []
+
+
+def keep_other_rows(path: Path, previous: list[list[str]], timed: set[str]) -> None:
+    """Put back the previous rows of the commands this run did not time (``--only``), so that a
+    partial run updates its own rows and leaves the others' figures in the table."""
+    if len(previous) < 2:
+        return
+    rows = list(csv_module.reader(path.open()))
+    if previous[0] != rows[0]:
+        return  # another layout: the old rows would not fit
+    old = [r for r in previous[1:] if r[0] not in timed]
+    with path.open("w", newline="") as f:
+        csv_module.writer(f).writerows([rows[0], *old, *rows[1:]])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=3)
@@ -158,7 +180,8 @@ def main() -> None:
     ap.add_argument("--baseline-only", action="store_true", help="time only the baseline")
     ap.add_argument("--only", nargs="*", help="time only the commands whose name has one of these")
     args = ap.parse_args()
-    print(cpu_flags())
+    print(cpu_flags(), "load average:", os.getloadavg())
+    kept = previous_rows()
     with tempfile.TemporaryDirectory() as tmp_str:
         tmp = Path(tmp_str)
         model_dir, onnx, image = make_model(tmp)
@@ -188,6 +211,7 @@ def main() -> None:
                 for k, t in times.items()
             ]
             csv = write_results("startup", HEADERS, rows)  # after each command: a slow run
+            keep_other_rows(csv, kept, {n for n, _ in times})
     print(table(HEADERS, rows))
     print("csv:", csv)
     onnx_predict = {
