@@ -24,6 +24,7 @@ SCRIPTS = [
     "add_class",
     "small_data",
     "inspection",
+    "unknown_morphology",
 ]
 
 
