@@ -1,11 +1,11 @@
 """An ONNX Runtime export as a Predictor backend, without torch: numpy pixels in, numpy out.
 
 What a prediction on an export needs and nothing more: the ONNX Runtime session (providers picked
-for ``device``, as ``vitft.deploy.runtime`` picks them), the export's metadata.json blocks read
-as plain data (the labels, the unknown flag's threshold: the OOD score itself is an output of the
-graph; the operating point), and its own preprocessing (``vitft.deploy.preprocess``). The PyTorch
-path (``vitft.deploy.backends``) reads the same blocks into its torch objects; the two give the
-same decisions.
+for ``device``; ``vitft.deploy.runtime`` opens its ORT sessions here too), the export's
+metadata.json blocks read as plain data (the labels, the unknown flag's threshold: the OOD score
+itself is an output of the graph; the operating point), and its own preprocessing
+(``vitft.deploy.preprocess``). The PyTorch path (``vitft.deploy.backends``) reads the same blocks
+into its torch objects; the two give the same decisions.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from vitft.core.errors import VitftError
 from vitft.core.files import sha256
 from vitft.data.transforms import processor_facts
 from vitft.deploy.metadata import METADATA_FILE, output_names_of, read_metadata
+from vitft.deploy.ort_backend import check_device, ort_session
 from vitft.modelio.hf import load_model
 
 log = logging.getLogger(__name__)
@@ -71,70 +72,9 @@ def check_file_sha256(path: Path, meta: dict) -> None:
         )
 
 
-CPU_PROVIDER = "CPUExecutionProvider"
-# Best first: TensorRT (engines built for this GPU, cached next to the model), then CUDA.
-GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
-GPU_INSTALL = 'pip uninstall -y onnxruntime && pip install "vitft[gpu]"'
-
-
-def check_device(device: str | None) -> str:
-    """``device`` as given (cpu | auto | cuda | cuda:N), None meaning auto; else a clear error."""
-    device = str(device or "auto")
-    kind, _, index = device.partition(":")
-    if kind not in ("cpu", "auto", "cuda") or (index and (kind != "cuda" or not index.isdigit())):
-        raise VitftError(f"device={device!r} is unknown; use cpu, cuda, cuda:N or auto")
-    return device
-
-
-def ort_providers(device: str, available: list[str]) -> list[str]:
-    """ONNX Runtime execution providers to ask for on ``device``, best first: TensorRT, then
-    CUDA, whichever ``available`` has, then the CPU for the ops a GPU provider can't run.
-
-    cuda without a GPU provider is an error naming the extra to install; auto runs on the CPU.
-    """
-    if device == "cpu":
-        return [CPU_PROVIDER]
-    gpu = [p for p in GPU_PROVIDERS if p in available]
-    if not gpu and device != "auto":
-        raise VitftError(
-            f"device={device}: this onnxruntime has no CUDAExecutionProvider or "
-            f"TensorrtExecutionProvider (it has {', '.join(available)}); for the GPU: {GPU_INSTALL}"
-        )
-    return [*gpu, CPU_PROVIDER]
-
-
-def _provider_options(providers: list[str], folder: Path, device: str) -> list:
-    """The GPU index for cuda:N; TensorRT builds an engine per model and GPU (minutes): cache it
-    in the export folder."""
-    gpu = {"device_id": int(device.partition(":")[2] or 0)}
-    trt = {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(folder / "trt_cache")}
-    options = {"TensorrtExecutionProvider": {**gpu, **trt}, "CUDAExecutionProvider": gpu}
-    return [(p, options[p]) if p in options else p for p in providers]
-
-
 def _onnxruntime(folder: Path, meta: dict, threads: int | None, device: str = "cpu") -> Outputs:
     """An ORT session on ``device``; ``meta["providers"]``: the providers it really has."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = int(threads)
-        opts.inter_op_num_threads = 1
-    # Idle ORT threads otherwise busy-wait after each run and starve other work on the same
-    # cores (another model, the camera loop, or the other formats in benchmark.py).
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    providers = ort_providers(device, ort.get_available_providers())
-    session = ort.InferenceSession(
-        str(folder / meta["file"]), opts, providers=_provider_options(providers, folder, device)
-    )
-    used = list(session.get_providers())
-    if providers[0] != CPU_PROVIDER and not set(used) & set(GPU_PROVIDERS):
-        # e.g. onnxruntime-gpu without the CUDA/cuDNN libraries it was built for
-        message = f"ONNX Runtime could not start {providers[0]} for {folder} (it has {used})"
-        if device != "auto":
-            raise VitftError(f"device={device}: {message}: check the CUDA and cuDNN libraries")
-        log.warning("device=auto: %s; running on the CPU", message)
-    meta["providers"] = used
+    session = ort_session(folder, meta, threads, device)
     name = session.get_inputs()[0].name
     outputs = output_names_of(meta)
 
