@@ -8,21 +8,35 @@ the inspection operating point (ok classes and the threshold on P(defective)) of
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from vitft import __version__
-from vitft.core.errors import VitftError
 from vitft.core.files import sha256
-from vitft.deploy.onnx import INPUT_NAME, OOD_OUTPUT, OUTPUT_NAME
+from vitft.deploy.metadata_file import (
+    INPUT_NAME,
+    METADATA_FILE,
+    OOD_OUTPUT,
+    OUTPUT_NAME,
+    output_names_of,
+    read_metadata,
+    write_metadata,
+)
 from vitft.models.ood import OODScorer
 from vitft.models.operating_point import OperatingPoint
 
-METADATA_FILE = "metadata.json"
 PARITY_FILE = "parity.json"
-__all__ = ["METADATA_FILE", "PARITY_FILE", "build_metadata", "read_metadata", "sha256"]
+# metadata.json as plain data lives in vitft.deploy.metadata_file (no torch); still importable here.
+__all__ = [
+    "METADATA_FILE",
+    "PARITY_FILE",
+    "build_metadata",
+    "output_names_of",
+    "read_metadata",
+    "sha256",
+    "write_metadata",
+]
 
 
 def source_sha256(model_dir: str | Path) -> str | None:
@@ -71,22 +85,6 @@ def build_metadata(
     }
 
 
-def write_metadata(folder: str | Path, meta: dict) -> Path:
-    path = Path(folder) / METADATA_FILE
-    path.write_text(json.dumps(meta, indent=2))
-    return path
-
-
-def read_metadata(folder: str | Path) -> dict:
-    path = Path(folder) / METADATA_FILE
-    if not path.is_file():
-        raise VitftError(
-            f"{folder} has no {METADATA_FILE}: point at a folder written by export.py "
-            "(e.g. outputs/<run>/export/onnx) or at an HF model dir (outputs/<run>/model)"
-        )
-    return json.loads(path.read_text())
-
-
 def ood_block(scorer: OODScorer) -> dict:
     """metadata.json's ``ood``: what turns the graph's ``ood_score`` into the unknown flag."""
     return {
@@ -121,8 +119,3 @@ def metadata_operating_point(meta: dict) -> OperatingPoint | None:
     """The export's ``operating_point`` block (None without one)."""
     block = meta.get("operating_point")
     return OperatingPoint.from_dict(block, f"{METADATA_FILE} operating_point") if block else None
-
-
-def output_names_of(meta: dict) -> list[str]:
-    """The export's outputs in order; metadata without ``outputs`` is of a logits-only export."""
-    return list(meta.get("outputs") or [meta.get("output_name", OUTPUT_NAME)])

@@ -11,13 +11,10 @@ import torch
 from torch import nn
 
 from vitft.core.errors import VitftError
+from vitft.deploy.metadata_file import INPUT_NAME, OOD_OUTPUT, OUTPUT_NAME
 from vitft.models.ood import ScoredClassifier
 
 log = logging.getLogger(__name__)
-
-INPUT_NAME = "pixel_values"
-OUTPUT_NAME = "logits"
-OOD_OUTPUT = "ood_score"
 
 
 def output_names(model: nn.Module) -> list[str]:

@@ -10,7 +10,6 @@ into its torch objects; the two give the same decisions.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,14 +19,18 @@ from typing import Any
 import numpy as np
 
 from vitft.core.errors import VitftError
+from vitft.deploy.metadata_file import (
+    METADATA_FILE,
+    OOD_OUTPUT,
+    OUTPUT_NAME,
+    output_names_of,
+    read_metadata,
+)
 from vitft.deploy.preprocess import Preprocess, export_preprocess
 
 log = logging.getLogger(__name__)
 
-# The names export.py writes (vitft.deploy.onnx, .metadata, vitft.modelio.ood, which import torch).
-METADATA_FILE = "metadata.json"
-OUTPUT_NAME = "logits"
-OOD_OUTPUT = "ood_score"
+# The name export.py writes (vitft.modelio.ood, which imports torch).
 OOD_JSON = "ood.json"
 MULTILABEL = "multi_label_classification"
 
@@ -35,17 +38,6 @@ CPU_PROVIDER = "CPUExecutionProvider"
 # Best first: TensorRT (engines built for this GPU, cached next to the model), then CUDA.
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 GPU_INSTALL = 'pip uninstall -y onnxruntime && pip install "vitft[gpu]"'
-
-
-def read_export(folder: str | Path) -> dict:
-    """An export folder's metadata.json."""
-    path = Path(folder) / METADATA_FILE
-    if not path.is_file():
-        raise VitftError(
-            f"{folder} has no {METADATA_FILE}: point at a folder written by export.py "
-            "(e.g. outputs/<run>/export/onnx) or at an HF model dir (outputs/<run>/model)"
-        )
-    return json.loads(path.read_text())
 
 
 def is_multilabel_export(meta: dict) -> bool:
@@ -125,7 +117,7 @@ class OrtBackend:
 
     def __init__(self, folder: str | Path, threads: int | None = None, device: str | None = "cpu"):
         self.folder = Path(folder)
-        self.metadata = read_export(self.folder)
+        self.metadata = read_metadata(self.folder)
         if self.metadata.get("runtime") != "onnxruntime":
             raise VitftError(
                 f"{self.folder}: a {self.metadata.get('runtime')} export; OrtBackend runs "
@@ -136,9 +128,7 @@ class OrtBackend:
         self.providers = list(self.metadata["providers"])
         self.name = str(self.metadata.get("format", "export"))
         self.precision = str(self.metadata.get("precision", "fp32"))
-        self.outputs = list(
-            self.metadata.get("outputs") or [self.metadata.get("output_name", OUTPUT_NAME)]
-        )
+        self.outputs = output_names_of(self.metadata)
         self.scores_ood = OOD_OUTPUT in self.outputs
 
     @property

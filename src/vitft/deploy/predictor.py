@@ -29,12 +29,8 @@ from vitft.core.errors import VitftError
 from vitft.core.lazy import attach
 from vitft.data.images import load_image
 from vitft.deploy.arrays import contiguous, normalized, stack, torch_module, tta_views
-from vitft.deploy.ort_backend import (
-    METADATA_FILE,
-    is_multilabel_export,
-    lean_export_parts,
-    read_export,
-)
+from vitft.deploy.metadata_file import METADATA_FILE, read_metadata
+from vitft.deploy.ort_backend import is_multilabel_export, lean_export_parts
 from vitft.deploy.predictions import (
     UNCERTAIN,
     UNKNOWN,
@@ -182,7 +178,7 @@ class Predictor:
         has it, e.g. serve or eval, gets the torch tensors it works in; the answers are the same).
         """
         export = bool(model_dir) and (Path(model_dir) / METADATA_FILE).is_file()
-        meta = read_export(model_dir) if export else {}
+        meta = read_metadata(model_dir) if export else {}
         ort = meta.get("runtime") == "onnxruntime"
         if lean and not ort:
             raise VitftError(
