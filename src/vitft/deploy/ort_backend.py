@@ -27,11 +27,10 @@ from vitft.deploy.metadata_file import (
     read_metadata,
 )
 from vitft.deploy.preprocess import Preprocess, export_preprocess
+from vitft.modelio.ood_file import has_ood
 
 log = logging.getLogger(__name__)
 
-# The name export.py writes (vitft.modelio.ood, which imports torch).
-OOD_JSON = "ood.json"
 MULTILABEL = "multi_label_classification"
 
 CPU_PROVIDER = "CPUExecutionProvider"
@@ -242,7 +241,7 @@ def lean_export_parts(
     meta = backend.metadata
     scorer = ExportScorer.from_metadata(meta) if ood and backend.scores_ood else None
     source = meta.get("source_model")
-    if ood and scorer is None and source and (Path(source) / OOD_JSON).is_file():
+    if ood and scorer is None and has_ood(source):
         log.warning(
             "no ood_score: the %s export was made without the OOD scorer of %s; "
             "re-export it with export.py ood=true",

@@ -9,10 +9,10 @@ from pathlib import Path
 from safetensors.torch import load_file, save_file
 
 from vitft.core.errors import VitftError
+from vitft.modelio.ood_file import OOD_JSON, OOD_TENSORS, has_ood
 from vitft.models.ood import OODScorer
 
-OOD_JSON = "ood.json"
-OOD_TENSORS = "ood.safetensors"
+__all__ = ["OOD_JSON", "OOD_TENSORS", "has_ood", "load_ood", "save_ood"]
 
 
 def save_ood(scorer: OODScorer, model_dir: str | Path) -> Path:
@@ -30,10 +30,6 @@ def save_ood(scorer: OODScorer, model_dir: str | Path) -> Path:
     }
     (model_dir / OOD_JSON).write_text(json.dumps(doc, indent=2))
     return model_dir / OOD_JSON
-
-
-def has_ood(model_dir: str | Path | None) -> bool:
-    return bool(model_dir) and (Path(model_dir) / OOD_JSON).is_file()
 
 
 def load_ood(model_dir: str | Path) -> OODScorer:
