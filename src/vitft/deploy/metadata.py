@@ -19,12 +19,14 @@ from vitft.deploy.metadata_file import (
     METADATA_FILE,
     OOD_OUTPUT,
     OUTPUT_NAME,
+    metadata_operating_point,
     output_names_of,
     read_metadata,
     write_metadata,
 )
+from vitft.deploy.ort_backend import ExportScorer
 from vitft.models.ood import OODScorer
-from vitft.models.operating_point import OperatingPoint
+from vitft.models.verdict import OperatingPoint
 
 PARITY_FILE = "parity.json"
 # metadata.json as plain data lives in vitft.deploy.metadata_file (no torch); still importable here.
@@ -32,6 +34,7 @@ __all__ = [
     "METADATA_FILE",
     "PARITY_FILE",
     "build_metadata",
+    "metadata_operating_point",
     "output_names_of",
     "read_metadata",
     "sha256",
@@ -99,23 +102,18 @@ def ood_block(scorer: OODScorer) -> dict:
 
 
 def metadata_scorer(meta: dict) -> OODScorer | None:
-    """The scorer of an export's ``ood`` block without its tensors (they are constants in the
-    graph): what the unknown flag needs (threshold, method, views). None without a block."""
-    block = meta.get("ood")
-    if not block:
+    """The scorer of an export's ``ood`` block (read by ``ExportScorer``) without its tensors
+    (they are constants in the graph): what the unknown flag needs (threshold, method, views).
+    None without a block."""
+    block = ExportScorer.from_metadata(meta)
+    if block is None:
         return None
     return OODScorer(
-        block["method"],
+        block.method,
         {},
-        k=int(block.get("k", 5)),
-        views=block["views"],
-        threshold=float(block["threshold"]),
-        acceptance=block.get("acceptance"),
-        info=block.get("facts"),
+        k=block.k,
+        views=block.views,
+        threshold=block.threshold,
+        acceptance=block.acceptance,
+        info=block.info,
     )
-
-
-def metadata_operating_point(meta: dict) -> OperatingPoint | None:
-    """The export's ``operating_point`` block (None without one)."""
-    block = meta.get("operating_point")
-    return OperatingPoint.from_dict(block, f"{METADATA_FILE} operating_point") if block else None

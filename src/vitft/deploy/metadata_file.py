@@ -1,7 +1,7 @@
 """metadata.json as plain data: its name, the graph's input and output names it records, reading
-and writing it, and the export's outputs in order. Imports no torch: a predict on an ONNX Runtime
-export reads it without torch (``vitft.deploy.ort_backend``); ``vitft.deploy.metadata`` builds
-it."""
+and writing it, the export's outputs in order and its operating point. Imports no torch: a predict
+on an ONNX Runtime export reads it without torch (``vitft.deploy.ort_backend``);
+``vitft.deploy.metadata`` builds it."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 from vitft.core.errors import VitftError
+from vitft.models.verdict import OperatingPoint
 
 METADATA_FILE = "metadata.json"
 # The graph's names (vitft.deploy.onnx exports with them).
@@ -36,3 +37,9 @@ def read_metadata(folder: str | Path) -> dict:
 def output_names_of(meta: dict) -> list[str]:
     """The export's outputs in order; metadata without ``outputs`` is of a logits-only export."""
     return list(meta.get("outputs") or [meta.get("output_name", OUTPUT_NAME)])
+
+
+def metadata_operating_point(meta: dict) -> OperatingPoint | None:
+    """The export's ``operating_point`` block (None without one)."""
+    block = meta.get("operating_point")
+    return OperatingPoint.from_dict(block, f"{METADATA_FILE} operating_point") if block else None

@@ -11,7 +11,6 @@ into its torch objects; the two give the same decisions.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from vitft.deploy.metadata_file import (
     METADATA_FILE,
     OOD_OUTPUT,
     OUTPUT_NAME,
+    metadata_operating_point,
     output_names_of,
     read_metadata,
 )
@@ -31,16 +31,11 @@ from vitft.modelio.ood_file import has_ood
 
 log = logging.getLogger(__name__)
 
-MULTILABEL = "multi_label_classification"
 
 CPU_PROVIDER = "CPUExecutionProvider"
 # Best first: TensorRT (engines built for this GPU, cached next to the model), then CUDA.
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 GPU_INSTALL = 'pip uninstall -y onnxruntime && pip install "vitft[gpu]"'
-
-
-def is_multilabel_export(meta: dict) -> bool:
-    return meta.get("problem_type") == MULTILABEL or bool(meta.get("multilabel", False))
 
 
 def check_device(device: str | None) -> str:
@@ -191,47 +186,6 @@ class ExportScorer:
         return np.asarray(scores) > self.threshold
 
 
-@dataclass
-class ExportOperatingPoint:
-    """metadata.json's ``operating_point`` block (``OperatingPoint.to_dict``), applied to numpy
-    probabilities: P(defective) = 1 - the sum of the ok classes' probabilities."""
-
-    ok_classes: list[str]
-    threshold: float
-    max_escape: float | None = None
-    chosen_on: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_metadata(cls, meta: dict) -> ExportOperatingPoint | None:
-        block = meta.get("operating_point")
-        if not block:
-            return None
-        try:
-            return cls(
-                ok_classes=[str(c) for c in block["ok_classes"]],
-                threshold=float(block["threshold"]),
-                max_escape=block.get("max_escape"),
-                chosen_on=dict(block.get("chosen_on") or {}),
-            )
-        except (KeyError, TypeError, ValueError) as err:
-            raise VitftError(
-                f"{METADATA_FILE} operating_point: the operating point needs ok_classes and a "
-                f"numeric threshold ({err!r}); export the model again"
-            ) from None
-
-    def scores(self, probs: Any, labels: Sequence[str]) -> np.ndarray:
-        ok = np.array([c in self.ok_classes for c in labels])
-        return np.clip(1 - np.asarray(probs)[:, ok].sum(-1), 0, 1)
-
-    def defective(self, scores: Any) -> np.ndarray:
-        return np.asarray(scores) >= self.threshold
-
-    def verdicts(self, probs: Any, labels: Sequence[str]) -> list[tuple[float, bool]]:
-        """(P(defective), defective) per row of ``probs``."""
-        scores = self.scores(probs, labels)
-        return list(zip(scores.tolist(), self.defective(scores).tolist(), strict=True))
-
-
 def lean_export_parts(
     folder: str | Path, device: str | None, ood: bool
 ) -> tuple[OrtBackend, list[str], Preprocess, dict]:
@@ -248,6 +202,5 @@ def lean_export_parts(
             backend.description,
             source,
         )
-    point = ExportOperatingPoint.from_metadata(meta)
-    args = {"ood": scorer, "operating_point": point, "meta": meta}
+    args = {"ood": scorer, "operating_point": metadata_operating_point(meta), "meta": meta}
     return backend, meta["labels"], export_preprocess(folder, meta), args

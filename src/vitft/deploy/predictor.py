@@ -30,7 +30,7 @@ from vitft.core.lazy import attach
 from vitft.data.images import load_image
 from vitft.deploy.arrays import contiguous, normalized, stack, torch_module, tta_views
 from vitft.deploy.metadata_file import METADATA_FILE, read_metadata
-from vitft.deploy.ort_backend import is_multilabel_export, lean_export_parts
+from vitft.deploy.ort_backend import lean_export_parts
 from vitft.deploy.predictions import (
     UNCERTAIN,
     UNKNOWN,
@@ -42,6 +42,8 @@ from vitft.deploy.predictions import (
     resolve_inputs,
 )
 from vitft.deploy.preprocess import ExportPreprocess, ProcessorPreprocess
+from vitft.models.multilabel_rule import DEFAULT_THRESHOLD, decide, is_multilabel, label_sets
+from vitft.models.verdict import for_model
 
 __all__ = [
     "UNCERTAIN",
@@ -69,39 +71,14 @@ __getattr__, __dir__ = attach(
     {name: "vitft.deploy.backends" for name in ("Backend", "ExportedBackend", "TorchBackend")},
 )
 
-DEFAULT_THRESHOLD = 0.5  # a multi-label class without a tuned threshold (vitft.models.multilabel)
-
 
 def _multilabel_args(meta: dict) -> dict:
     """Predictor arguments from a model's vitft.json or an export's metadata.json."""
-    if not is_multilabel_export(meta):
+    if not is_multilabel(meta):
         return {}
     if not meta.get("thresholds"):
         log.warning("multi-label model without tuned thresholds: every class at 0.5")
     return {"multilabel": True, "tuned_thresholds": meta.get("thresholds")}
-
-
-def check_operating_point(point: Any, labels: list[str], multilabel: bool) -> Any:
-    """``point`` checked against a model's ``labels`` (None stays None), as
-    ``vitft.models.operating_point.for_model`` checks it."""
-    if point is None:
-        return None
-    if multilabel:  # 1 - the ok classes' sigmoids is no probability
-        raise VitftError("an operating point (ok_classes) is for single-label models")
-    ok = list(point.ok_classes)
-    unknown = [c for c in ok if c not in labels]
-    if unknown or not ok:
-        raise VitftError(
-            f"operating point ok_classes={ok} names {unknown or 'no class'}, not classes of the "
-            f"model; valid classes: {list(labels)} (task.ok_classes=null turns the ok/defective "
-            "view off)"
-        )
-    if set(ok) >= set(labels):
-        raise VitftError(
-            f"operating point ok_classes={ok} are all the classes {list(labels)}: leave at least "
-            "one defective class out of it"
-        )
-    return point
 
 
 def _image_transform(processor: Any) -> Callable:
@@ -156,8 +133,8 @@ class Predictor:
             per_class = {c: float(tuned.get(c, default)) for c in self.labels}
         per_class.update({c: float(t) for c, t in (class_thresholds or {}).items()})
         self.thresholds = np.array([per_class[c] for c in self.labels], np.float32)
-        # An OperatingPoint, or an export's ExportOperatingPoint: .verdicts(probs, labels)
-        self.operating_point = check_operating_point(operating_point, self.labels, multilabel)
+        # An OperatingPoint: .verdicts(probs, labels) on numpy or torch probabilities
+        self.operating_point = for_model(operating_point, self.labels, multilabel)
 
     @classmethod
     def from_path(
@@ -299,8 +276,7 @@ class Predictor:
 
     def _label_sets(self, paths: list[str], probs: np.ndarray, ms: list[float]) -> list:
         conf, idx = probs.max(-1), probs.argmax(-1)
-        present = probs >= self.thresholds  # vitft.models.multilabel.decide
-        sets = [[c for c, on in zip(self.labels, row, strict=True) if on] for row in present]
+        sets = label_sets(decide(probs, self.thresholds), self.labels)
         return [
             Prediction(
                 path=path,

@@ -23,15 +23,29 @@ from torchmetrics.functional.classification import (
 )
 
 from vitft.core.errors import VitftError
+from vitft.models.multilabel_rule import (
+    DEFAULT_THRESHOLD,
+    PROBLEM_TYPE,
+    decide,
+    is_multilabel,
+    label_sets,
+)
 
-PROBLEM_TYPE = "multi_label_classification"
-DEFAULT_THRESHOLD = 0.5
-
-
-def is_multilabel(config: Any) -> bool:
-    """Whether an HF config (or a dict of one, or export metadata) is multi-label."""
-    get = config.get if isinstance(config, dict) else lambda k, d=None: getattr(config, k, d)
-    return get("problem_type") == PROBLEM_TYPE or bool(get("multilabel", False))
+# What is multi-label and how it decides (numpy or torch; no torch import): multilabel_rule.
+__all__ = [
+    "DEFAULT_THRESHOLD",
+    "PROBLEM_TYPE",
+    "compute_metrics",
+    "curve_ap",
+    "decide",
+    "filled",
+    "is_multilabel",
+    "label_sets",
+    "loss_weights",
+    "pos_weights",
+    "tune_from_curve",
+    "tune_thresholds",
+]
 
 
 def tune_from_curve(
@@ -71,15 +85,6 @@ def tune_thresholds(probs: torch.Tensor, target: torch.Tensor) -> list[float | N
 def filled(thresholds: list[float | None]) -> list[float]:
     """Tuned thresholds with the default for classes that could not be tuned."""
     return [DEFAULT_THRESHOLD if t is None else float(t) for t in thresholds]
-
-
-def decide(probs: torch.Tensor, thresholds: torch.Tensor | list[float]) -> torch.Tensor:
-    """``(N, C)`` 0/1: class present where its probability reaches its threshold."""
-    return (probs >= torch.as_tensor(thresholds, dtype=probs.dtype)).long()
-
-
-def label_sets(present: torch.Tensor, labels: list[str]) -> list[list[str]]:
-    return [[labels[j] for j in row.nonzero().flatten().tolist()] for row in present]
 
 
 def loss_weights(spec: Any, balanced: torch.Tensor) -> list[float] | None:
