@@ -167,10 +167,14 @@ def mobilevit_export(tmp_path_factory, tiny_data) -> Path:
 
 
 def test_an_onnx_predict_imports_neither_torch_nor_transformers(vit_export, tiny_data, tmp_path):
+    """Nor scikit-learn, scipy or pandas (multi-label splits' iterstrat), with a folder as input."""
     image = sorted((tiny_data / "test").rglob("*.png"))[0]
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    (folder / image.name).write_bytes(image.read_bytes())
     out = tmp_path / "p.csv"
     argv = [sys.executable, "-X", "importtime", "-m", "vitft", "predict"]
-    args = [f"model_dir={vit_export}", f"inputs={image}", f"output={out}"]
+    args = [f"model_dir={vit_export}", f"inputs={folder}", f"output={out}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
     proc = subprocess.run(
         [*argv, *args, f"hydra.run.dir={tmp_path / 'hydra'}"],
@@ -188,10 +192,12 @@ def test_an_onnx_predict_imports_neither_torch_nor_transformers(vit_export, tiny
         if line.startswith("import time:")
     }
     assert "onnxruntime" in loaded and "vitft.deploy.predictor" in loaded
-    heavy = {m for m in loaded if m.split(".")[0] in {"torch", "torchvision", "transformers"}}
-    assert not heavy, sorted(heavy)[:20]
+    assert "vitft.data.folder" in loaded  # the folder was listed by the same code as before
+    heavy = {"torch", "torchvision", "transformers", "sklearn", "scipy", "pandas", "iterstrat"}
+    loaded_heavy = {m for m in loaded if m.split(".")[0] in heavy}
+    assert not loaded_heavy, sorted(loaded_heavy)[:20]
     rows = list(csv.DictReader(out.open()))
-    assert [r["path"] for r in rows] == [str(image)]
+    assert [r["path"] for r in rows] == [str(folder / image.name)]
     assert {"ood_score", "unknown", "p_defective", "defective"} <= set(rows[0])
 
 

@@ -8,11 +8,14 @@ positives (and of the images without any label), which a random split misses for
 from __future__ import annotations
 
 import numpy as np
-from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
 
 
 def multilabel_split(samples: list, fractions: dict[str, float], seed: int) -> tuple[list, dict]:
     """Split ``(path, 0/1 tuple)`` samples; returns (rest, {name: part}). Same seed, same split."""
+    # iterstrat loads scikit-learn, scipy and pandas (~1 s): only a multi-label split pays for
+    # them, not every importer of vitft.data.folder (a predict on a folder of images).
+    from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
+
     rest = sorted(samples)
     parts: dict[str, list] = {}
     for name, frac in fractions.items():

@@ -14,14 +14,11 @@ from typing import Any
 from PIL import Image
 
 from vitft.core.errors import VitftError
-from vitft.core.lazy import attach
+from vitft.data.folder import list_images
 from vitft.data.images import load_image
 
 UNCERTAIN = "uncertain"
 UNKNOWN = "unknown"  # the label of an image unlike the training data (OOD score > threshold)
-
-# On first use: vitft.data.folder's split helpers load scikit-learn and pandas (~1 s).
-_folder, _ = attach("vitft.data", {"list_images": "vitft.data.folder"})
 
 
 @dataclass
@@ -97,7 +94,7 @@ def resolve_inputs(inputs: str | Path | Iterable[str | Path]) -> tuple[list[Path
     for item in inputs:
         p = Path(str(item)).expanduser()
         if p.is_dir():
-            images, other = _folder("list_images")(p)
+            images, other = list_images(p)
             files += images
             bad += [BadFile(str(o), "not an image (extension)") for o in other]
         elif p.is_file():
