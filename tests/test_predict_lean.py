@@ -20,7 +20,7 @@ import transformers
 from omegaconf import OmegaConf
 from PIL import Image
 
-from tests.conftest import CLASSES, ROOT
+from tests.conftest import CLASSES, ROOT, TINY_VIT_CONFIG
 from tests.test_export import export_cfg
 from vitft.apps.export import export
 from vitft.core.errors import VitftError
@@ -106,21 +106,11 @@ def test_metadata_alone_is_resize_then_normalise(tmp_path):
 
 def _model_dir(root: Path, config: dict | None, processor=None) -> Path:
     torch.manual_seed(0)
-    model_cfg = {"config": config} if config else {"config": {"model_type": "vit", **TINY}}
+    model_cfg = {"config": config} if config else {"config": TINY_VIT_CONFIG}
     model, default = build_model(model_cfg, {"name": "linear"}, sorted(CLASSES))
     with torch.no_grad():
         model.head.fc.weight.mul_(20)  # spread the probabilities: verdicts on both sides
     return save_hf(model, processor or default, root / "model")
-
-
-TINY = {
-    "image_size": 32,
-    "patch_size": 8,
-    "hidden_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "intermediate_size": 64,
-}
 
 
 def _between(values: list[float]) -> float:

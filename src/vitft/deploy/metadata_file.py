@@ -34,6 +34,14 @@ def read_metadata(folder: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
+def model_file(folder: str | Path, meta: dict) -> Path:
+    """The export's model file, named in its metadata.json; missing, a clear error."""
+    path = Path(folder) / meta["file"]
+    if not path.is_file():
+        raise VitftError(f"{folder}: model file {meta['file']} named in {METADATA_FILE} is missing")
+    return path
+
+
 def output_names_of(meta: dict) -> list[str]:
     """The export's outputs in order; metadata without ``outputs`` is of a logits-only export."""
     return list(meta.get("outputs") or [meta.get("output_name", OUTPUT_NAME)])

@@ -19,10 +19,10 @@ import numpy as np
 
 from vitft.core.errors import VitftError
 from vitft.deploy.metadata_file import (
-    METADATA_FILE,
     OOD_OUTPUT,
     OUTPUT_NAME,
     metadata_operating_point,
+    model_file,
     output_names_of,
     read_metadata,
 )
@@ -79,8 +79,7 @@ def ort_session(folder: Path, meta: dict, threads: int | None, device: str | Non
     import onnxruntime as ort
 
     device = check_device(device)
-    if not (folder / meta["file"]).is_file():
-        raise VitftError(f"{folder}: model file {meta['file']} named in {METADATA_FILE} is missing")
+    path = model_file(folder, meta)
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = int(threads)
@@ -90,7 +89,7 @@ def ort_session(folder: Path, meta: dict, threads: int | None, device: str | Non
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers = ort_providers(device, ort.get_available_providers())
     session = ort.InferenceSession(
-        str(folder / meta["file"]), opts, providers=_provider_options(providers, folder, device)
+        str(path), opts, providers=_provider_options(providers, folder, device)
     )
     used = list(session.get_providers())
     if providers[0] != CPU_PROVIDER and not set(used) & set(GPU_PROVIDERS):

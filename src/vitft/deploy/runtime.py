@@ -18,7 +18,7 @@ import torch
 from vitft.core.errors import VitftError
 from vitft.core.files import sha256
 from vitft.data.transforms import processor_facts
-from vitft.deploy.metadata import METADATA_FILE, output_names_of, read_metadata
+from vitft.deploy.metadata_file import METADATA_FILE, model_file, output_names_of, read_metadata
 from vitft.deploy.ort_backend import check_device, ort_session
 from vitft.modelio.hf import load_model
 
@@ -165,8 +165,7 @@ def load_outputs(
         raise VitftError(
             f"{folder / METADATA_FILE}: runtime {runtime!r} is unknown; known: {sorted(RUNTIMES)}"
         )
-    if not (folder / meta["file"]).is_file():
-        raise VitftError(f"{folder}: model file {meta['file']} named in {METADATA_FILE} is missing")
+    model_file(folder, meta)
     if runtime == "onnxruntime":
         return _onnxruntime(folder, meta, threads, device), meta
     return _on_cpu(folder, meta, device, lambda: RUNTIMES[runtime](folder, meta, threads))
