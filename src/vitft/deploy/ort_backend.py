@@ -11,6 +11,7 @@ into its torch objects; the two give the same decisions.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -185,6 +186,21 @@ class ExportScorer:
         return np.asarray(scores) > self.threshold
 
 
+def export_scorer(backend: Any, meta: dict, ood: bool, read: Callable[[dict], Any]) -> Any:
+    """The export's OOD scorer, ``read`` from its ``ood`` block, when ``ood`` asks for it and the
+    graph computes the score (else None, with a warning when the model dir it was made from has a
+    scorer the export left out); the ONNX and the PyTorch paths each pass their own ``read``."""
+    scorer = read(meta) if ood and backend.scores_ood else None
+    if ood and scorer is None and has_ood(meta.get("source_model")):
+        log.warning(
+            "no ood_score: the %s export was made without the OOD scorer of %s; "
+            "re-export it with export.py ood=true",
+            backend.description,
+            meta.get("source_model"),
+        )
+    return scorer
+
+
 def lean_export_parts(
     folder: str | Path, device: str | None, ood: bool
 ) -> tuple[OrtBackend, list[str], Preprocess, dict]:
@@ -192,14 +208,6 @@ def lean_export_parts(
     torch: what ``predictor_torch.export_parts`` gives, as numpy-side objects."""
     backend = OrtBackend(folder, device=device)
     meta = backend.metadata
-    scorer = ExportScorer.from_metadata(meta) if ood and backend.scores_ood else None
-    source = meta.get("source_model")
-    if ood and scorer is None and has_ood(source):
-        log.warning(
-            "no ood_score: the %s export was made without the OOD scorer of %s; "
-            "re-export it with export.py ood=true",
-            backend.description,
-            source,
-        )
+    scorer = export_scorer(backend, meta, ood, ExportScorer.from_metadata)
     args = {"ood": scorer, "operating_point": metadata_operating_point(meta), "meta": meta}
     return backend, meta["labels"], export_preprocess(folder, meta), args

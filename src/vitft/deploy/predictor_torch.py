@@ -6,7 +6,6 @@ transformers, which a predict on an ONNX Runtime export never needs (``vitft.dep
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +13,12 @@ from transformers import AutoImageProcessor
 
 from vitft.deploy.backends import Backend, ExportedBackend, TorchBackend
 from vitft.deploy.metadata import metadata_operating_point, metadata_scorer
+from vitft.deploy.ort_backend import export_scorer
 from vitft.modelio.checkpoint import load_classifier
 from vitft.modelio.hf import model_info
 from vitft.modelio.ood import has_ood, load_ood
 from vitft.modelio.operating_point import load_operating_point
 from vitft.models.multilabel import is_multilabel
-
-log = logging.getLogger(__name__)
 
 Parts = tuple[Backend, list[str], Any, dict]
 
@@ -29,14 +27,7 @@ def export_parts(folder: str | Path, device: str | None, ood: bool) -> Parts:
     """(backend, labels, image processor, Predictor arguments) of an export folder."""
     backend = ExportedBackend(folder, device=device)
     meta = backend.metadata
-    scorer = metadata_scorer(meta) if ood and backend.scores_ood else None
-    if ood and scorer is None and has_ood(meta.get("source_model")):
-        log.warning(
-            "no ood_score: the %s export was made without the OOD scorer of %s; "
-            "re-export it with export.py ood=true",
-            backend.description,
-            meta.get("source_model"),
-        )
+    scorer = export_scorer(backend, meta, ood, metadata_scorer)
     processor = AutoImageProcessor.from_pretrained(folder)
     args = {"ood": scorer, "operating_point": metadata_operating_point(meta), "meta": meta}
     return backend, meta["labels"], processor, args
