@@ -26,7 +26,7 @@ from pathlib import Path
 
 from vitft.core.errors import VitftError
 from vitft.data.cvat import read_cvat
-from vitft.data.folder import DatasetSplits, Sample, carve_missing, is_broken_link
+from vitft.data.folder import DatasetSplits, Sample, carved_splits, is_broken_link
 from vitft.data.labelstudio import read_export
 
 log = logging.getLogger(__name__)
@@ -353,15 +353,6 @@ def manifest_splits(
         raise VitftError(f"manifest {m.file} has no train rows (split column)")
     samples = {s: sorted(v) for s, v in samples.items()}
     given = "split column" if any(r.split for r in m.rows) else "manifest"
-    origin = carve_missing(
-        samples, m.file, val_fraction, test_fraction, split_seed, m.multilabel, given
-    )
-    return DatasetSplits(
-        m.file,
-        m.classes,
-        samples["train"],
-        samples["val"],
-        samples["test"],
-        origin,
-        multilabel=m.multilabel,
+    return carved_splits(
+        samples, m.file, m.classes, val_fraction, test_fraction, split_seed, m.multilabel, given
     )
