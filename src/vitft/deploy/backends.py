@@ -16,9 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vitft.core.errors import VitftError
-from vitft.deploy.metadata import output_names_of
-from vitft.deploy.onnx import OOD_OUTPUT, OUTPUT_NAME
+from vitft.deploy.ort_backend import BackendInfo, ExportOutputs
 from vitft.deploy.runtime import load_outputs
 from vitft.models.ood import OODScorer, ScoredClassifier, view_features
 
@@ -33,13 +31,8 @@ def pick_device(device: str | None) -> torch.device:
 AUTOCAST = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
 
-class Backend(ABC):
+class Backend(BackendInfo, ABC):
     """One way of running a model; the Predictor owns everything else (files, preprocessing)."""
-
-    name: str = "backend"
-    precision: str = "fp32"
-    scores_ood: bool = False
-    providers: list[str] = []
 
     @abstractmethod
     def __call__(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -50,21 +43,6 @@ class Backend(ABC):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and OOD scores ``(N,)`` of one pass (backends with ``scores_ood``)."""
         raise self.no_ood_score()
-
-    def no_ood_score(self) -> VitftError:
-        return VitftError(
-            f"the OOD score is not an output of the {self.description} backend: predict with "
-            "the PyTorch model dir (<run>/model), or re-export it with export.py ood=true"
-        )
-
-    @property
-    def torch_model(self) -> nn.Module | None:
-        """The PyTorch model behind the backend (heatmaps need it), else None."""
-        return None
-
-    @property
-    def description(self) -> str:
-        return f"{self.name} ({self.precision})"
 
 
 class TorchBackend(Backend):
@@ -123,7 +101,7 @@ class TorchBackend(Backend):
         return logits.float().cpu(), scores.float().cpu()
 
 
-class ExportedBackend(Backend):
+class ExportedBackend(ExportOutputs, Backend):
     """An export folder written by export.py, run by its own runtime (metadata.json says which).
     With a scorer in its graph (metadata ``ood``), its second output is the OOD score.
     ``device``: see ``vitft.deploy.runtime.load_outputs`` (cuda never falls back to the CPU)."""
@@ -131,30 +109,8 @@ class ExportedBackend(Backend):
     def __init__(self, folder: str | Path, threads: int | None = None, device: str | None = "cpu"):
         self.folder = Path(folder)
         self._run, self.metadata = load_outputs(self.folder, threads=threads, device=device)
-        self.providers = list(self.metadata["providers"])
-        self.name = str(self.metadata.get("format", "export"))
-        self.precision = str(self.metadata.get("precision", "fp32"))
-        self.outputs = output_names_of(self.metadata)
-        self.scores_ood = OOD_OUTPUT in self.outputs
+        self._describe()
 
     def _outputs(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
         out = self._run(pixel_values.numpy().astype("float32"))
         return {name: torch.from_numpy(o) for name, o in zip(self.outputs, out, strict=True)}
-
-    def __call__(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self._outputs(pixel_values)[OUTPUT_NAME]
-
-    def scored(
-        self, pixel_values: torch.Tensor, scorer: OODScorer
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits and the graph's OOD scores; ``scorer`` (its threshold) is the caller's."""
-        if not self.scores_ood:
-            raise self.no_ood_score()
-        out = self._outputs(pixel_values)
-        return out[OUTPUT_NAME], out[OOD_OUTPUT].reshape(-1)
-
-    @property
-    def source_model(self) -> Path | None:
-        """The fp32 model dir this export was made from, when it is still there."""
-        source = self.metadata.get("source_model")
-        return Path(source) if source and (Path(source) / "config.json").is_file() else None

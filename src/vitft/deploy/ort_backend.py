@@ -103,11 +103,65 @@ def ort_session(folder: Path, meta: dict, threads: int | None, device: str | Non
     return session
 
 
-class OrtBackend:
+class BackendInfo:
+    """What every backend says about itself, torch or not: ``name``, ``precision``, the
+    providers it really runs on and whether ``scored`` gives the OOD score with the logits."""
+
+    name: str = "backend"
+    precision: str = "fp32"
+    scores_ood: bool = False
+    providers: list[str] = []
+    torch_model = None  # a PyTorch backend's model (heatmaps need it); exports have none
+
+    @property
+    def description(self) -> str:
+        return f"{self.name} ({self.precision})"
+
+    def no_ood_score(self) -> VitftError:
+        return VitftError(
+            f"the OOD score is not an output of the {self.description} backend: predict with "
+            "the PyTorch model dir (<run>/model), or re-export it with export.py ood=true"
+        )
+
+
+class ExportOutputs(BackendInfo):
+    """An export folder's named outputs (logits, and the OOD score when its graph has one), on
+    whatever arrays ``_outputs`` returns: numpy here, torch in ``vitft.deploy.backends``."""
+
+    folder: Path
+    metadata: dict
+    outputs: list[str]
+
+    def _describe(self) -> None:
+        self.providers = list(self.metadata["providers"])
+        self.name = str(self.metadata.get("format", "export"))
+        self.precision = str(self.metadata.get("precision", "fp32"))
+        self.outputs = output_names_of(self.metadata)
+        self.scores_ood = OOD_OUTPUT in self.outputs
+
+    def _outputs(self, pixel_values: Any) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def __call__(self, pixel_values: Any) -> Any:
+        return self._outputs(pixel_values)[OUTPUT_NAME]
+
+    def scored(self, pixel_values: Any, scorer: Any) -> tuple[Any, Any]:
+        """Logits and the graph's OOD scores ``(N,)``; the unknown flag is ``scorer``'s."""
+        if not self.scores_ood:
+            raise self.no_ood_score()
+        out = self._outputs(pixel_values)
+        return out[OUTPUT_NAME], out[OOD_OUTPUT].reshape(-1)
+
+    @property
+    def source_model(self) -> Path | None:
+        """The fp32 model dir this export was made from, when it is still there."""
+        source = self.metadata.get("source_model")
+        return Path(source) if source and (Path(source) / "config.json").is_file() else None
+
+
+class OrtBackend(ExportOutputs):
     """An ONNX Runtime export folder: float32 numpy ``(N, 3, H, W)`` in, numpy logits out (the
     interface of ``vitft.deploy.backends.Backend``, on numpy arrays)."""
-
-    torch_model = None  # compiled: no gradients or attentions for heatmaps
 
     def __init__(self, folder: str | Path, threads: int | None = None, device: str | None = "cpu"):
         self.folder = Path(folder)
@@ -119,41 +173,11 @@ class OrtBackend:
             )
         self.session = ort_session(self.folder, self.metadata, threads, device)
         self.input_name = self.session.get_inputs()[0].name
-        self.providers = list(self.metadata["providers"])
-        self.name = str(self.metadata.get("format", "export"))
-        self.precision = str(self.metadata.get("precision", "fp32"))
-        self.outputs = output_names_of(self.metadata)
-        self.scores_ood = OOD_OUTPUT in self.outputs
-
-    @property
-    def description(self) -> str:
-        return f"{self.name} ({self.precision})"
+        self._describe()
 
     def _outputs(self, pixel_values: np.ndarray) -> dict[str, np.ndarray]:
         feed = {self.input_name: np.ascontiguousarray(pixel_values, np.float32)}
         return dict(zip(self.outputs, self.session.run(self.outputs, feed), strict=True))
-
-    def __call__(self, pixel_values: np.ndarray) -> np.ndarray:
-        return self._outputs(pixel_values)[OUTPUT_NAME]
-
-    def scored(self, pixel_values: np.ndarray, scorer: Any) -> tuple[np.ndarray, np.ndarray]:
-        """Logits and the graph's OOD scores ``(N,)``; the unknown flag is ``scorer``'s."""
-        if not self.scores_ood:
-            raise self.no_ood_score()
-        out = self._outputs(pixel_values)
-        return out[OUTPUT_NAME], out[OOD_OUTPUT].reshape(-1)
-
-    def no_ood_score(self) -> VitftError:
-        return VitftError(
-            f"the OOD score is not an output of the {self.description} backend: predict with "
-            "the PyTorch model dir (<run>/model), or re-export it with export.py ood=true"
-        )
-
-    @property
-    def source_model(self) -> Path | None:
-        """The fp32 model dir this export was made from, when it is still there."""
-        source = self.metadata.get("source_model")
-        return Path(source) if source and (Path(source) / "config.json").is_file() else None
 
 
 @dataclass
