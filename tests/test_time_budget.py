@@ -78,6 +78,9 @@ def test_without_max_time_or_when_it_fits_nothing_changes(tmp_path, monkeypatch)
     assert trainer.current_epoch == 20 and len(module.lrs) == 80
     trainer, _ = fit(tmp_path, monkeypatch, {"hours": 1})
     assert trainer.current_epoch == 20
+    # off (the shipped default, conf/callbacks/default.yaml): Lightning's cut-off at max_time
+    trainer, _ = fit(tmp_path, monkeypatch, {"seconds": 60}, callback=TimeBudget(enabled=False))
+    assert trainer.current_epoch == 6  # stopped by the Timer inside its 7th epoch
 
 
 def test_a_slower_machine_mid_run_gets_a_shorter_plan_that_still_anneals(tmp_path, monkeypatch):

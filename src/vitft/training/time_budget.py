@@ -51,11 +51,12 @@ class TimeBudget(Callback):
     """With ``trainer.max_time``: the epochs that fit in the time left, and the schedule over them.
 
     ``margin``: the share of the time left kept back, for slower epochs and the last checkpoint.
-    Does nothing without ``max_time`` or while every epoch fits.
+    Does nothing when not ``enabled``, without ``max_time`` or while every epoch fits.
     """
 
-    def __init__(self, margin: float = 0.1):
+    def __init__(self, margin: float = 0.1, enabled: bool = True):
         self.margin = margin
+        self.enabled = enabled
         self.knots: list[list[int]] = []  # [training step, schedule step]; []: as planned
         self.max_epochs: int | None = None  # the epochs that fit; None: the recipe's
         self._planned: int | None = None  # the recipe's max_epochs
@@ -84,7 +85,7 @@ class TimeBudget(Callback):
         timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
         remaining = timer.time_remaining() if timer is not None else None
         planned = self._planned
-        if self._t0 is None or remaining is None or planned is None or planned < 0:
+        if not self.enabled or self._t0 is None or remaining is None or not planned or planned < 0:
             return
         self._epoch_s.append(time.monotonic() - self._t0)
         done = trainer.current_epoch + 1
