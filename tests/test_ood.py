@@ -171,7 +171,7 @@ def _blobs(seed: int, shift: float = 0.0, n: int = 60, d: int = 16):
     return centres[labels] + torch.randn(n, d, generator=g) + shift, labels
 
 
-@pytest.mark.parametrize("method", ["mahalanobis", "knn"])
+@pytest.mark.parametrize("method", ["mahalanobis", "mahalanobis_class", "knn"])
 def test_scorer_separates_shifted_features_and_round_trips(method, tmp_path):
     train_x, train_y = _blobs(0)
     scorer = OODScorer.fit(method, train_x, train_y, k=3).calibrate(_blobs(1)[0], 0.95)
@@ -187,6 +187,35 @@ def test_mahalanobis_with_fewer_images_than_dimensions_is_finite():
     x, y = _blobs(0, n=10, d=64)  # singular sample covariance: shrinkage makes it invertible
     scorer = OODScorer.fit("mahalanobis", x, y)
     assert torch.isfinite(scorer.score(x)).all() and 0 < scorer.info["shrinkage"] <= 1
+
+
+def test_class_covariances_flag_what_is_inside_the_spread_of_all_classes_but_not_its_own():
+    """Class 0 varies along dimension 0 only, class 1 along dimension 1 only: a point off class
+    0's mean along dimension 1 is within the shared spread, but far from class 0's own."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.zeros(200, 4)
+    a[:, 0] = torch.randn(200, generator=g) * 3
+    b = torch.zeros(200, 4) + torch.tensor([0.0, 0.0, 20.0, 0.0])
+    b[:, 1] = torch.randn(200, generator=g) * 3
+    x = torch.cat([a, b]) + torch.randn(400, 4, generator=g) * 0.1
+    y = torch.tensor([0] * 200 + [1] * 200)
+    odd = torch.tensor([[0.0, 4.0, 0.0, 0.0]])  # class 0's mean, moved along class 1's axis
+    scores = {}
+    for method in ("mahalanobis", "mahalanobis_class"):
+        # fit on raw (un-normalised) directions: _pool L2-normalises, so keep the norms equal
+        scorer = OODScorer.fit(method, x + torch.tensor([0, 0, 0, 50.0]), y)
+        known = scorer.score(x[:20] + torch.tensor([0, 0, 0, 50.0]))
+        scores[method] = float(scorer.score(odd + torch.tensor([0, 0, 0, 50.0]))) / float(
+            known.quantile(0.95)
+        )
+    assert scores["mahalanobis_class"] > 3 * scores["mahalanobis"]
+
+
+def test_a_class_with_one_image_takes_the_shared_covariance():
+    x, y = _blobs(0)
+    x, y = torch.cat([x, x[:1] + 1]), torch.cat([y, torch.tensor([3])])
+    scorer = OODScorer.fit("mahalanobis_class", x, y)
+    assert scorer.precision.shape[0] == 4 and torch.isfinite(scorer.score(x)).all()
 
 
 def test_bad_settings_are_clear_errors():
@@ -258,3 +287,16 @@ def test_explain_maps_an_unknown_image_by_its_ood_score(
     written = app.explain(cfg)
     assert len(written) == 2 and all(p.is_file() for p in written)
     assert len(calls) == 1  # the unknown image only
+
+
+def test_class_covariances_export_to_onnx_with_the_same_scores(tmp_path):
+    """Exports put the scorer in the graph (ScoredClassifier): the per-class batched matmul too."""
+    import onnxruntime as ort
+
+    x, y = _blobs(0, d=8)
+    scorer = OODScorer.fit("mahalanobis_class", x, y)
+    torch.onnx.export(scorer, (x[:4],), tmp_path / "s.onnx", input_names=["f"], dynamo=False,
+                      dynamic_axes={"f": {0: "n"}})  # fmt: skip
+    session = ort.InferenceSession(str(tmp_path / "s.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"f": x[:7].numpy()})[0]
+    assert torch.allclose(torch.from_numpy(got), scorer.score(x[:7]), rtol=1e-4, atol=1e-4)
