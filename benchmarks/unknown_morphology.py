@@ -11,7 +11,7 @@ the type flagged ``unknown`` at the threshold train() stores (``ood.acceptance``
 false-alarm rate on the known test images. ``shipped`` is the scorer in the model dir, read back
 through Predictor as predict.py does; two alternatives are fitted on the same features:
 
-  class_cov    a Mahalanobis distance per class, each class with its own shrunk covariance
+  class_cov    ``ood.method=mahalanobis_class``: each class with its own shrunk covariance
   layer_max    one Mahalanobis distance per feature part (pooled, and each depth's peak), each
                standardised on val, fused by their maximum (a layer ensemble)
 
@@ -38,7 +38,7 @@ from unknown_defect import class_images
 
 from vitft.apps.train import train
 from vitft.deploy.predictor import Predictor
-from vitft.models.ood import OODScorer, auroc, ledoit_wolf, ood_hidden
+from vitft.models.ood import OODScorer, auroc, ood_hidden
 
 sys.path.insert(0, str(ROOT / "data"))
 import make_samples  # noqa: E402
@@ -67,23 +67,6 @@ def part_bounds(model: torch.nn.Module, size: int) -> list[int]:
         pooled, hidden = ood_hidden(model.eval(), torch.zeros(1, 3, size, size))
     dims = [pooled.shape[1]] + [h.shape[1] if h.dim() == 4 else h.shape[-1] for h in hidden]
     return np.cumsum([0, *dims]).tolist()
-
-
-def class_cov(train_f: torch.Tensor, labels: torch.Tensor):
-    """Per-class means and Ledoit-Wolf covariances; the score is the nearest class's distance."""
-    x = torch.nn.functional.normalize(train_f.double().mean(1), dim=-1)
-    stats = []
-    for c in labels.unique().tolist():
-        xc = x[labels == c]
-        cov, _ = ledoit_wolf(xc - xc.mean(0))
-        stats.append((xc.mean(0), torch.linalg.inv(cov)))
-
-    def score(f: torch.Tensor) -> torch.Tensor:
-        z = torch.nn.functional.normalize(f.double().mean(1), dim=-1)
-        d = [(((z - mu) @ p) * (z - mu)).sum(-1) for mu, p in stats]
-        return torch.stack(d, 1).min(1).values.float()
-
-    return score
 
 
 def layer_max(train_f: torch.Tensor, labels: torch.Tensor, val_f: torch.Tensor, bounds: list[int]):
@@ -132,7 +115,7 @@ def one_run(dataset: str, seed: int, tmp: Path, args) -> list[list]:
     bounds = part_bounds(objects["module"].model, int(cfg.model.image_size))
     scorers = {
         "shipped": stored.score,
-        "class_cov": class_cov(f_tr, labels),
+        "class_cov": OODScorer.fit("mahalanobis_class", f_tr, labels).score,
         "layer_max": layer_max(f_tr, labels, f_va, bounds),
     }
     rows = []
