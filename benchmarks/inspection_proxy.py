@@ -157,6 +157,62 @@ def _defects(grade: int, rng: np.random.Generator) -> np.ndarray:
     return mask
 
 
+# Defect types no grade shows, drawn only as unknowns (benchmarks/unknown_morphology.py), each from
+# another real image of scikit-image's wheel: a bright line (the crack tree with the opposite
+# polarity: a reflective scratch), printed text (a scanned page), a coin (a photo of coins: a
+# bright textured blob) and a patch of gravel texture (a surface change), at 3 sizes.
+UNKNOWN_KINDS = ("bright_line", "text", "coin", "grain")
+UNKNOWN_SIZES = {"small": 0.12, "medium": 0.25, "large": 0.45}
+
+
+@cache
+def _unknown_sources() -> dict[str, np.ndarray]:
+    text = _skimage_image("text") / 255.0
+    return {
+        "text": np.clip((0.55 - text) / 0.3, 0, 1),  # dark strokes on a light page -> 0..1
+        "coins": _skimage_image("coins") / 255.0,
+        "gravel": _skimage_image("gravel") / 255.0,
+    }
+
+
+def unknown_image(kind: str, size: str, rng: np.random.Generator) -> Image.Image:
+    """An ok part's image with one ``kind`` (UNKNOWN_KINDS) of ``size`` (UNKNOWN_SIZES)."""
+    extent = UNKNOWN_SIZES[size] * rng.uniform(0.8, 1.2)
+    img = _background(rng)
+    box = max(16, int(extent * SIZE))
+    if kind == "bright_line":
+        mask = rng.uniform(0.3, 0.6) * _crack(rng, extent * 1.5, int(rng.integers(1, 3)))
+        img = img + mask * (1 - img)
+    elif kind == "text":
+        src = _unknown_sources()["text"]
+        patch = _crop(src, rng, int(rng.integers(60, 160)), box)
+        img = img * (1 - rng.uniform(0.4, 0.7) * _place(patch, rng))
+    elif kind == "coin":
+        coins = _unknown_sources()["coins"]
+        patch = _crop(coins, rng, int(rng.integers(30, 45)), box)  # mostly inside a coin
+        yy, xx = np.mgrid[-1 : 1 : box * 1j, -1 : 1 : box * 1j]
+        disc = _place(np.clip((1 - np.hypot(yy, xx)) * 4, 0, 1).astype(np.float32), rng)
+        where = np.argwhere(disc > 0)
+        y0, x0 = where.min(0)
+        canvas = np.zeros((SIZE, SIZE), np.float32)
+        canvas[y0 : y0 + box, x0 : x0 + box] = patch
+        img = img * (1 - disc) + canvas * disc
+    elif kind == "grain":
+        patch = _crop(_unknown_sources()["gravel"], rng, int(rng.integers(100, 250)), box)
+        yy, xx = np.mgrid[-1 : 1 : box * 1j, -1 : 1 : box * 1j]
+        soft = np.clip((1 - np.hypot(yy, xx)) * 3, 0, 1).astype(np.float32)
+        alpha = _place(soft, rng)
+        where = np.argwhere(alpha > 0)
+        y0, x0 = where.min(0) if len(where) else (0, 0)
+        canvas = np.zeros((SIZE, SIZE), np.float32)
+        canvas[y0 : y0 + box, x0 : x0 + box] = patch * img.mean() / max(patch.mean(), 1e-3)
+        img = img * (1 - alpha) + canvas * alpha
+    else:
+        raise ValueError(f"unknown kind {kind!r}: one of {UNKNOWN_KINDS}")
+    img = img + rng.normal(0, rng.uniform(0.005, 0.02), img.shape)
+    return Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8), "L")
+
+
 def _noisy_label(grade: int, rng: np.random.Generator) -> int:
     r, acc = rng.random(), 0.0
     for other, p in NOISE[grade].items():

@@ -4,7 +4,10 @@ benchmarks/unknown_defect.py holds out one of a dataset's own classes, which the
 draws in the other classes' style. Here the model trains on every class (the recommended recipe,
 ``experiment=small_data``), and the unknowns are new in shape, size and texture: the sample
 generator's ``MORPHOLOGIES`` (data/make_samples.py: scratch, pits, texture, discolour), each at
-3 sizes, drawn only for this benchmark and never written into a training split.
+3 sizes, drawn only for this benchmark and never written into a training split. ``proxy``: the
+graded inspection proxy of real photos (benchmarks/inspection_proxy.py, half size) with its own
+unknown types from other real images (``UNKNOWN_KINDS``: a bright line, printed text, a coin, a
+patch of gravel texture), on ok parts.
 
 Per dataset, seed and type: the AUROC of ``ood_score`` against the known test images, the share of
 the type flagged ``unknown`` at the threshold train() stores (``ood.acceptance`` of val), and the
@@ -15,7 +18,7 @@ through Predictor as predict.py does; two alternatives are fitted on the same fe
   layer_max    one Mahalanobis distance per feature part (pooled, and each depth's peak), each
                standardised on val, fused by their maximum (a layer ensemble)
 
-    python benchmarks/unknown_morphology.py [--datasets defect pest] [--seeds 0 1 2]
+    python benchmarks/unknown_morphology.py [--datasets defect pest proxy] [--seeds 0 1 2]
         [--per-size 10] [--quick]
 
 Writes benchmarks/results/unknown_morphology.csv (per run and type) and prints the means per
@@ -41,6 +44,7 @@ from vitft.deploy.predictor import Predictor
 from vitft.models.ood import OODScorer, auroc, ood_hidden
 
 sys.path.insert(0, str(ROOT / "data"))
+import inspection_proxy  # noqa: E402
 import make_samples  # noqa: E402
 
 METHODS = ("shipped", "class_cov", "layer_max")
@@ -48,15 +52,27 @@ HEADERS = ["dataset", "seed", "method", "type", "auroc", "flagged", "false_alarm
            "known_test_images", "unknown_images", "train_s"]  # fmt: skip
 
 
+def kinds_of(dataset: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The unknown types and sizes of ``dataset``."""
+    if dataset == "proxy":
+        return inspection_proxy.UNKNOWN_KINDS, tuple(inspection_proxy.UNKNOWN_SIZES)
+    return tuple(make_samples.MORPHOLOGIES), tuple(make_samples.SCALES)
+
+
 def draw_unknowns(dataset: str, seed: int, per_size: int, out: Path) -> dict[str, list[Path]]:
     rng = np.random.default_rng(1000 + seed)
     paths: dict[str, list[Path]] = {}
-    for kind in make_samples.MORPHOLOGIES:
-        for size in make_samples.SCALES:
+    kinds, sizes = kinds_of(dataset)
+    for kind in kinds:
+        for size in sizes:
             for i in range(per_size):
                 path = out / kind / f"{size}_{i}.png"
                 path.parent.mkdir(parents=True, exist_ok=True)
-                make_samples.unknown_image(rng, dataset, kind, size).save(path)
+                if dataset == "proxy":
+                    img = inspection_proxy.unknown_image(kind, size, rng)
+                else:
+                    img = make_samples.unknown_image(rng, dataset, kind, size)
+                img.save(path)
                 paths.setdefault(kind, []).append(path)
     return paths
 
@@ -87,7 +103,12 @@ def layer_max(train_f: torch.Tensor, labels: torch.Tensor, val_f: torch.Tensor, 
 
 def one_run(dataset: str, seed: int, tmp: Path, args) -> list[list]:
     unknowns = draw_unknowns(dataset, seed, args.per_size, tmp / f"unknown_{dataset}_{seed}")
-    data = ROOT / "data" / dataset
+    if dataset == "proxy":  # the graded real-photo proxy (half size), built once per run
+        data = tmp / "proxy"
+        if not data.is_dir():
+            inspection_proxy.build(data, scale=args.proxy_scale)
+    else:
+        data = ROOT / "data" / dataset
     classes = sorted(p.name for p in (data / "train").iterdir() if p.is_dir())
     cfg = quickstart_cfg(tmp / f"run_{dataset}_{seed}", data, classes, seed, "test=false",
                          *args.overrides, experiment="small_data")  # fmt: skip
@@ -142,6 +163,7 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=["defect", "pest"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--per-size", type=int, default=10, help="unknowns per type and size")
+    parser.add_argument("--proxy-scale", type=float, default=0.5, help="dataset proxy: its size")
     parser.add_argument("--overrides", nargs="+", default=[], help="train overrides")
     parser.add_argument("--quick", action="store_true", help="defect, seed 0, 1 epoch, 2 a size")
     args = parser.parse_args()
@@ -161,14 +183,14 @@ def main() -> None:
         for method in METHODS:
             sel = [r for r in rows if r[0] == dataset and r[2] == method]
             cells = []
-            for kind in make_samples.MORPHOLOGIES:
+            for kind in kinds_of(dataset)[0]:
                 k = [r for r in sel if r[3] == kind]
-                cells.append(f"{statistics.mean(r[4] for r in k):.3f} / "
+                cells.append(f"{kind} {statistics.mean(r[4] for r in k):.3f} / "
                              f"{statistics.mean(r[5] for r in k):.0%}")  # fmt: skip
             alarms = statistics.mean(r[6] for r in sel)
             summary.append([dataset, method, len(args.seeds), *cells, f"{alarms:.1%}"])
-    heads = [f"{k}: AUROC / flagged" for k in make_samples.MORPHOLOGIES]
-    print(table(["dataset", "method", "seeds", *heads, "false alarms"], summary))
+    print(table(["dataset", "method", "seeds", "AUROC / flagged per type", "", "", "",
+                 "false alarms"], summary))  # fmt: skip
     print(f"per run: {out}")
     shipped = [r[4] for r in rows if r[2] == "shipped"]
     print(f"RESULT unknown_morphology {statistics.mean(shipped):.4f}")
