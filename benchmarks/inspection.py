@@ -39,6 +39,7 @@ VARIANTS = {
     "fast_ordinal": ("small_data", ["task.ordinal=true"]),
     "fast_balanced": ("small_data", ["loss.class_weights=auto"]),
     "fast_ema": ("small_data", ["ema_decay=0.998"]),
+    "fast_lr_floor": ("small_data", ["scheduler.schedule.min_lr_rate=0.3"]),
     "accurate": ("accurate", []),
     "accurate_ordinal": ("accurate", ["task.ordinal=true"]),
     # A time cap that allows about half the recipe's epochs (15 minutes allow a third on 2 cores
