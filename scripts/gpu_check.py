@@ -243,7 +243,8 @@ def check_deploy(device: str, model_dir: Path, tmp: Path) -> None:
 
 
 def check_ort(device: str, model_dir: Path, folder: Path) -> None:
-    from vitft.deploy.runtime import GPU_PROVIDERS, load_exported
+    from vitft.deploy.ort_backend import GPU_PROVIDERS
+    from vitft.deploy.runtime import load_exported
     from vitft.modelio.hf import load_model
 
     ort_device = "cuda" if device == "cuda" else "auto"
