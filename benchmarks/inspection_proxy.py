@@ -175,6 +175,20 @@ def _unknown_sources() -> dict[str, np.ndarray]:
     }
 
 
+def _pasted(
+    img: np.ndarray, patch: np.ndarray, edge: float, rng: np.random.Generator
+) -> np.ndarray:
+    """``img`` with square ``patch`` blended in at a random place through a round mask whose
+    edge is softer for a smaller ``edge``."""
+    box = len(patch)
+    yy, xx = np.mgrid[-1 : 1 : box * 1j, -1 : 1 : box * 1j]
+    alpha = _place(np.clip((1 - np.hypot(yy, xx)) * edge, 0, 1).astype(np.float32), rng)
+    y0, x0 = np.argwhere(alpha > 0).min(0)
+    canvas = np.zeros((SIZE, SIZE), np.float32)
+    canvas[y0 : y0 + box, x0 : x0 + box] = patch
+    return img * (1 - alpha) + canvas * alpha
+
+
 def unknown_image(kind: str, size: str, rng: np.random.Generator) -> Image.Image:
     """An ok part's image with one ``kind`` (UNKNOWN_KINDS) of ``size`` (UNKNOWN_SIZES)."""
     extent = UNKNOWN_SIZES[size] * rng.uniform(0.8, 1.2)
@@ -187,26 +201,12 @@ def unknown_image(kind: str, size: str, rng: np.random.Generator) -> Image.Image
         src = _unknown_sources()["text"]
         patch = _crop(src, rng, int(rng.integers(60, 160)), box)
         img = img * (1 - rng.uniform(0.4, 0.7) * _place(patch, rng))
-    elif kind == "coin":
-        coins = _unknown_sources()["coins"]
-        patch = _crop(coins, rng, int(rng.integers(30, 45)), box)  # mostly inside a coin
-        yy, xx = np.mgrid[-1 : 1 : box * 1j, -1 : 1 : box * 1j]
-        disc = _place(np.clip((1 - np.hypot(yy, xx)) * 4, 0, 1).astype(np.float32), rng)
-        where = np.argwhere(disc > 0)
-        y0, x0 = where.min(0)
-        canvas = np.zeros((SIZE, SIZE), np.float32)
-        canvas[y0 : y0 + box, x0 : x0 + box] = patch
-        img = img * (1 - disc) + canvas * disc
-    elif kind == "grain":
+    elif kind == "coin":  # a bright textured disc
+        patch = _crop(_unknown_sources()["coins"], rng, int(rng.integers(30, 45)), box)
+        img = _pasted(img, patch, 4, rng)  # mostly inside a coin
+    elif kind == "grain":  # a soft-edged patch of gravel at the part's brightness
         patch = _crop(_unknown_sources()["gravel"], rng, int(rng.integers(100, 250)), box)
-        yy, xx = np.mgrid[-1 : 1 : box * 1j, -1 : 1 : box * 1j]
-        soft = np.clip((1 - np.hypot(yy, xx)) * 3, 0, 1).astype(np.float32)
-        alpha = _place(soft, rng)
-        where = np.argwhere(alpha > 0)
-        y0, x0 = where.min(0) if len(where) else (0, 0)
-        canvas = np.zeros((SIZE, SIZE), np.float32)
-        canvas[y0 : y0 + box, x0 : x0 + box] = patch * img.mean() / max(patch.mean(), 1e-3)
-        img = img * (1 - alpha) + canvas * alpha
+        img = _pasted(img, patch * img.mean() / max(patch.mean(), 1e-3), 3, rng)
     else:
         raise ValueError(f"unknown kind {kind!r}: one of {UNKNOWN_KINDS}")
     img = img + rng.normal(0, rng.uniform(0.005, 0.02), img.shape)
