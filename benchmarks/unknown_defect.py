@@ -3,11 +3,12 @@
 For each dataset (data/defect, data/pest) and each of its classes in turn, that class is held out
 entirely: the model (``experiment=small_data``, the recommended recipe: the shipped
 ``model=mobilevit_fractal`` fine-tuned whole) is trained on the other classes only, and every image
-of the held-out class (all splits) is an unknown. Three scores, each with its threshold set on the
+of the held-out class (all splits) is an unknown. Four scores, each with its threshold set on the
 known classes' val images for 95% acceptance:
 
   mahalanobis  the scorer train() stores in model/ (the default; ood.views=auto), read back
                through Predictor like predict.py does
+  mahalanobis_class  the same features and views, a covariance per class (ood.method's option)
   knn          cosine distance to the k-th nearest training image, on the same features and views
   max_softmax  1 - the top softmax probability of the image as given (the usual baseline)
 
@@ -37,7 +38,7 @@ from vitft.data.folder import list_images
 from vitft.deploy.predictor import Predictor
 from vitft.models.ood import OODScorer, auroc
 
-METHODS = ("mahalanobis", "knn", "max_softmax")
+METHODS = ("mahalanobis", "mahalanobis_class", "knn", "max_softmax")
 
 
 def split_classes(src: Path, held_out: str, dst: Path, limit: int | None) -> list[Path]:
@@ -113,21 +114,17 @@ def one_run(dataset: str, held_out: str, seed: int, tmp: Path, args) -> list[lis
     un_s, un_p = scored(predictor, unknown)
     test_acc = float((te_p.argmax(1) == torch.tensor(te_labels)).float().mean())
 
+    feats = {name: ood_features(predictor, paths) for name, paths in
+             (("tr", tr_paths), ("va", va_paths), ("te", te_paths), ("un", unknown))}  # fmt: skip
     rows = []
     for method in METHODS:
         if method == "mahalanobis":  # train()'s threshold, set on val at ood.acceptance
             te_m, un_m, threshold = te_s, un_s, stored.threshold
-        elif method == "knn":
-            scorer = OODScorer.fit(
-                "knn",
-                ood_features(predictor, tr_paths),
-                torch.tensor(tr_labels),
-                k=args.k,
-                views=stored.views,
-            )
-            scorer.calibrate(ood_features(predictor, va_paths), args.acceptance)
-            te_m = scorer.score(ood_features(predictor, te_paths))
-            un_m = scorer.score(ood_features(predictor, unknown))
+        elif method in ("knn", "mahalanobis_class"):
+            scorer = OODScorer.fit(method, feats["tr"], torch.tensor(tr_labels), k=args.k,
+                                   views=stored.views)  # fmt: skip
+            scorer.calibrate(feats["va"], args.acceptance)
+            te_m, un_m = scorer.score(feats["te"]), scorer.score(feats["un"])
             threshold = scorer.threshold
         else:
             va_m, te_m, un_m = (1 - p.max(1).values for p in (va_p, te_p, un_p))
