@@ -4,16 +4,23 @@ and `vitft check-data labels=true` end to end (CSV, gallery, Label Studio review
 from __future__ import annotations
 
 import csv
+import importlib
 import json
+from pathlib import Path
 
 import numpy as np
+import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 from PIL import Image, PngImagePlugin
 
-from tests.conftest import CLASSES, CONF, make_dataset
-from vitft.apps.check_data import check_data
+from tests.conftest import CLASSES, CONF, make_dataset, save_tiny_vit
+from vitft.apps.check_data import check_data, feature_model
+from vitft.core.errors import VitftError
 from vitft.data.label_issues import find_issues, near_duplicates, out_of_fold_probs
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def test_flipped_labels_are_found_out_of_fold():
@@ -46,7 +53,20 @@ def test_near_duplicates_by_feature_similarity():
     assert near_duplicates(100 * test[:5], 100 * train, 0.25) == []  # scale-free
 
 
-def test_check_data_labels_true_writes_what_a_person_acts_on(tmp_path):
+def _labels_cfg(root: Path, tmp_path: Path, *overrides: str):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(
+            "check_data",
+            overrides=[f"data_dir={root}", "labels=true", "model=vit_tiny", *overrides],
+        )
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / "out")
+        cfg.label_issues.cache_dir = str(tmp_path / "cache")
+    return cfg
+
+
+@pytest.mark.parametrize("trained", [False, True], ids=["pretrained", "model_dir"])
+def test_check_data_labels_true_writes_what_a_person_acts_on(tmp_path, trained):
     root = make_dataset(tmp_path / "d", counts={"train": 10, "val": 3, "test": 3})
     wrong = root / "train" / "red" / "red_train_000.png"
     wrong.rename(root / "train" / "blue" / "moved_from_red.png")  # a red image labelled blue
@@ -54,16 +74,10 @@ def test_check_data_labels_true_writes_what_a_person_acts_on(tmp_path):
     info = PngImagePlugin.PngInfo()
     info.add_text("exported", "again")  # other bytes, the same pixels: sha256 misses it
     leak.save(root / "test" / "green" / "leak.png", pnginfo=info)
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(
-            "check_data",
-            overrides=[f"data_dir={root}", "labels=true", "model=vit_tiny",
-                       "label_issues.export=label_studio", "label_issues.folds=3"],
-        )  # fmt: skip
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(tmp_path / "out")
-        cfg.label_issues.cache_dir = str(tmp_path / "cache")
-    assert check_data(cfg) == 0
+    opts = ["label_issues.export=label_studio", "label_issues.folds=3"]
+    if trained:  # the features of a model the user trained (here: a saved tiny ViT)
+        opts.append(f"label_issues.model_dir={save_tiny_vit(tmp_path / 'model', CLASSES)}")
+    assert check_data(_labels_cfg(root, tmp_path, *opts)) == 0
     out = tmp_path / "out"
     rows = list(csv.DictReader((out / "label_issues.csv").open()))
     assert list(rows[0]) == ["rank", "path", "given", "suggested", "score", "p_given",
@@ -82,3 +96,35 @@ def test_check_data_labels_true_writes_what_a_person_acts_on(tmp_path):
     near = [w for w in report["warnings"] if w["kind"] == "near_duplicate_across_splits"]
     assert [w["path"] for w in near] == [str(root / "test" / "green" / "leak.png")]
     assert "green_train_001.png" in near[0]["detail"]
+
+
+def test_model_dir_gives_the_trained_backbone_or_a_clear_error(tmp_path):
+    root = make_dataset(tmp_path / "d", counts={"train": 4, "val": 2, "test": 2})
+    saved = save_tiny_vit(tmp_path / "model", CLASSES)
+    cfg = _labels_cfg(root, tmp_path, f"label_issues.model_dir={saved}")
+    model, processor = feature_model(cfg, list(CLASSES))
+    again, _ = feature_model(cfg, list(CLASSES))  # the same weights every time, not a fresh init
+    for (name, a), b in zip(model.state_dict().items(), again.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    assert processor.size["height"] == 32  # the trained model's own preprocessing
+    (tmp_path / "not_a_model").mkdir()
+    bad = _labels_cfg(root, tmp_path, f"label_issues.model_dir={tmp_path / 'not_a_model'}")
+    with pytest.raises(VitftError, match=r"label_issues.model_dir=.*not a model dir.*<run>/model"):
+        check_data(bad)
+
+
+def test_neighbour_flips_move_one_grade(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    bench = importlib.import_module("label_issues")
+    assert bench.is_graded(["g0_ok", "g1_mild", "g2_moderate", "g3_severe"])
+    assert not bench.is_graded(["crack", "dent", "normal"])
+    assert not bench.is_graded(["g0_ok", "g2_bad"])  # a grade missing: not one apart
+    clean = np.repeat(np.arange(4), 50)
+    for neighbour in (False, True):
+        noisy, flipped = bench.flip_labels(clean, 0.1, 4, np.random.default_rng(0), neighbour)
+        assert len(flipped) == 20 and len(set(flipped)) == 20
+        assert (noisy[flipped] != clean[flipped]).all()
+        assert (np.delete(noisy, flipped) == np.delete(clean, flipped)).all()
+        assert ((noisy >= 0) & (noisy < 4)).all()
+        steps = np.abs(noisy[flipped] - clean[flipped])
+        assert (steps == 1).all() if neighbour else (steps > 1).any()

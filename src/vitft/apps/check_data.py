@@ -1,7 +1,8 @@
 """check_data(cfg): screen a dataset (folders or a manifest) before training; write its report.
 
 ``labels=true`` also looks for training labels that are probably wrong and for near-duplicates
-across splits (``vitft.data.label_issues``), on a frozen backbone's cached features.
+across splits (``vitft.data.label_issues``), on a frozen backbone's cached features (the
+pretrained ``model``, or a trained one: ``label_issues.model_dir``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from vitft.data.doctor import DataReport, _item, check_dataset, screen
 from vitft.data.folder import SPLITS, DatasetSplits
 from vitft.data.labelstudio import import_tasks, write_import
 from vitft.data.sources import scan_data, source_of
+from vitft.modelio.hf import load_model
 from vitft.models.classifier import build_model
 from vitft.training.cache import FeatureCache
 
@@ -65,12 +67,27 @@ def check_data(cfg: Any) -> int:
     return 0 if report.can_train(policy) else 1
 
 
+def feature_model(cfg: Any, classes: list[str]) -> tuple[Any, Any]:
+    """The backbone whose features labels=true works on: the trained model in
+    ``label_issues.model_dir`` if set, else the pretrained ``model``; with its processor."""
+    model_dir = cfg.label_issues.get("model_dir")
+    if not model_dir:
+        return build_model(
+            OmegaConf.to_container(cfg.model, resolve=True), {"name": "linear"}, classes
+        )
+    if not (Path(str(model_dir)) / "config.json").is_file():
+        raise VitftError(
+            f"label_issues.model_dir={model_dir} is not a model dir (no config.json): pass the "
+            "model/ folder of a training run (outputs/<run>/model), or null for `model`"
+        )
+    log.info("label issues: features of the trained model in %s", model_dir)
+    return load_model(model_dir)
+
+
 def _features(cfg: Any, splits: DatasetSplits) -> dict[str, np.ndarray]:
-    """Each split's frozen-backbone features (``cfg.model``), through the feature cache."""
+    """Each split's backbone features (``feature_model``), through the feature cache."""
     opts = cfg.label_issues
-    model, processor = build_model(
-        OmegaConf.to_container(cfg.model, resolve=True), {"name": "linear"}, splits.classes
-    )
+    model, processor = feature_model(cfg, splits.classes)
     cache = FeatureCache(model.eval(), processor, opts.cache_dir, views=1, dtype="float32")
     return {
         s: np.asarray(cache.get(splits.split(s)).features[0], np.float32)
