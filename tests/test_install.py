@@ -20,7 +20,15 @@ def _run(cmd: list, cwd: Path, env: dict, timeout: int = 600) -> subprocess.Comp
     return proc
 
 
-def test_wheel_installs_and_runs_train_and_predict_outside_the_repo(tmp_path):
+def clean_env() -> dict:
+    """This environment without the test run's PYTHONPATH and venv: a new venv's own."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env["WANDB_MODE"] = "offline"
+    return env
+
+
+def build_wheel(tmp_path: Path, env: dict) -> Path:
+    """vitft's wheel, built without its dependencies into ``tmp_path / "dist"``."""
     # Build from a copy, so the build leaves no build/ or egg-info in the clone.
     src = tmp_path / "src_copy"
     src.mkdir()
@@ -28,8 +36,6 @@ def test_wheel_installs_and_runs_train_and_predict_outside_the_repo(tmp_path):
         shutil.copy(ROOT / name, src / name)
     for name in ("src", "conf"):
         shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    env["WANDB_MODE"] = "offline"
     _run(
         [
             sys.executable,
@@ -45,7 +51,12 @@ def test_wheel_installs_and_runs_train_and_predict_outside_the_repo(tmp_path):
         tmp_path,
         env,
     )
-    wheel = next((tmp_path / "dist").glob("vitft-*.whl"))
+    return next((tmp_path / "dist").glob("vitft-*.whl"))
+
+
+def test_wheel_installs_and_runs_train_and_predict_outside_the_repo(tmp_path):
+    env = clean_env()
+    wheel = build_wheel(tmp_path, env)
 
     venv = tmp_path / "venv"
     _run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], tmp_path, env)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vitft.core.resolvers import conf_dir
-from vitft.run.entry import run_entry
+from vitft.run.entry import missing_dependency, run_entry, stop
 
 # On a shared or busy CPU, spinning OpenMP threads wait on each other for whole time slices
 # (PyTorch eager at 2 threads measured 50x slower here); OMP_WAIT_POLICY=ACTIVE restores spinning.
@@ -69,6 +69,18 @@ def resolve(target: str) -> Callable[..., Any]:
     return getattr(importlib.import_module(module), name)
 
 
+def load(command: str, target: str) -> Callable[..., Any]:
+    """``resolve(target)`` for ``vitft <command>``: a package of the full install that this one
+    lacks (a deploy-only install has no torch) stops with one line naming the fix."""
+    try:
+        return resolve(target)
+    except ImportError as err:
+        line = missing_dependency(err)
+        if line is None:
+            raise
+        stop(f"vitft {command}: {line}")
+
+
 def usage() -> str:
     cmds = "\n".join(f"  {c}" for c in available())
     return (
@@ -94,14 +106,14 @@ def main(argv: list[str] | None = None) -> Any:
     for key, value in command.env.items():
         os.environ.setdefault(key, value)
     if command.argv:
-        rest = resolve(command.argv)(rest)
+        rest = load(name, command.argv)(rest)
     return _run_hydra(name, command, rest)
 
 
 def _run_hydra(name: str, command: Command, rest: list[str]) -> Any:
     import hydra
 
-    fn = resolve(command.target)
+    fn = load(name, command.target)
     sys.argv = [f"vitft {name}", *rest]  # Hydra reads its flags and overrides from sys.argv
 
     def _main(cfg: Any) -> Any:

@@ -7,6 +7,10 @@ Concurrent clients then share forward passes instead of fighting over the cores.
 A failure stays with the image that caused it: when a batch fails, its images are run one by one
 so that the others are still answered. The worker task is restarted if it ever ends, and every
 caller waits with a timeout, so a stuck or dead worker is a 504 and a 503 on /ready, never a hang.
+
+Pixels and outputs are whatever the backend takes and gives (numpy arrays for an ONNX Runtime
+export, torch tensors for a PyTorch model): this module imports no torch, so a deploy-only
+install (no torch) serves an export.
 """
 
 from __future__ import annotations
@@ -17,17 +21,17 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-
-import torch
+from typing import Any
 
 from vitft.core.errors import VitftError
+from vitft.deploy.arrays import stack
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class _Item:
-    pixels: torch.Tensor  # (3, H, W)
+    pixels: Any  # (3, H, W), numpy or torch
     future: asyncio.Future
 
 
@@ -40,7 +44,7 @@ class MicroBatcher:
 
     def __init__(
         self,
-        fn: Callable[[torch.Tensor], torch.Tensor],
+        fn: Callable[[Any], Any],
         max_size: int = 16,
         max_wait_ms: float = 5.0,
         on_batch: Callable[[int], None] | None = None,
@@ -103,8 +107,8 @@ class MicroBatcher:
         return since is not None and time.monotonic() - since > limit_s
 
     async def submit_each(
-        self, images: list[torch.Tensor], timeout_s: float = 60.0
-    ) -> list[torch.Tensor | Exception]:
+        self, images: list[Any], timeout_s: float = 60.0
+    ) -> list[Any | Exception]:
         """The output row of each ``(3, H, W)`` image, or the exception that image raised."""
         if self._queue is None:
             raise VitftError("MicroBatcher.start() was not awaited")
@@ -122,13 +126,13 @@ class MicroBatcher:
             for fut in futures:  # timed out: the worker skips what nobody waits for
                 fut.cancel()
 
-    async def submit(self, pixels: torch.Tensor, timeout_s: float = 60.0) -> torch.Tensor:
+    async def submit(self, pixels: Any, timeout_s: float = 60.0) -> Any:
         """Outputs ``(N, C)`` for ``pixels`` ``(N, 3, H, W)``; the first failure is raised."""
         rows = await self.submit_each(list(pixels), timeout_s)
         for row in rows:
             if isinstance(row, BaseException):
                 raise row
-        return torch.stack(rows)
+        return stack(rows)
 
     async def _collect(self) -> list[_Item]:
         assert self._queue is not None
@@ -160,7 +164,7 @@ class MicroBatcher:
                 log.exception("batch of %d failed outside the forward pass", len(live))
                 _settle(live, [err] * len(live))
 
-    async def _forward(self, batch: torch.Tensor) -> torch.Tensor:
+    async def _forward(self, batch: Any) -> Any:
         self._forward_since = time.monotonic()
         try:
             return await asyncio.get_running_loop().run_in_executor(self._pool, self.fn, batch)
@@ -169,8 +173,8 @@ class MicroBatcher:
 
     async def _answer(self, live: list[_Item]) -> None:
         try:
-            out = await self._forward(torch.stack([it.pixels for it in live]))
-            rows: list = list(out.unbind(0))
+            out = await self._forward(stack([it.pixels for it in live]))
+            rows: list = list(out)  # the rows along the first axis (torch: unbind(0))
             if len(rows) != len(live):
                 raise VitftError(f"the model gave {len(rows)} rows for {len(live)} images")
         except Exception as err:  # noqa: BLE001

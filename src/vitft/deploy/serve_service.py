@@ -1,13 +1,14 @@
 """The state of one `vitft serve` service and its request handlers (serve.create_app routes to
 them): the images of a request are decoded one at a time on ``decode_threads`` threads, micro-
 batched, and answered per image; metrics, drift and capture are fed from the answers.
+
+Pixels are numpy arrays for an ONNX Runtime export and torch tensors for a PyTorch model dir;
+this module imports no torch (the heatmap side, ``serve_heatmap``, loads only for a model dir).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import io
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -17,15 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 
 from vitft import __version__
 from vitft.core.errors import VitftError
-from vitft.core.plots import overlay
+from vitft.core.files import sha256
+from vitft.core.lazy import attach
+from vitft.deploy.arrays import stack
 from vitft.deploy.batching import ConcurrencyLimit, MicroBatcher
-from vitft.deploy.explain import Explainer, methods_for
-from vitft.deploy.metadata import METADATA_FILE, read_metadata, sha256
+from vitft.deploy.metadata_file import METADATA_FILE, read_metadata
 from vitft.deploy.predictor import UNCERTAIN, UNKNOWN, Predictor, resolve_inputs
 from vitft.deploy.serve_capture import Capture, flag_of
 from vitft.deploy.serve_input import (
@@ -37,7 +38,6 @@ from vitft.deploy.serve_input import (
     request_images,
 )
 from vitft.deploy.serve_metrics import DriftWindow, Reference, ServeMetrics
-from vitft.modelio.hf import load_model
 
 try:  # the `serve` extra
     from fastapi import Request
@@ -46,6 +46,11 @@ except ImportError:  # pragma: no cover - serve.create_app says what to install
     Request = JSONResponse = Any  # type: ignore[assignment,misc]
 
 log = logging.getLogger(__name__)
+# The heatmap's PyTorch side, imported on first use: only a PyTorch model dir has heatmaps.
+_heatmap, _ = attach(
+    "vitft.deploy",
+    {n: "vitft.deploy.serve_heatmap" for n in ("heatmap_explainer", "heatmap_png", "methods_for")},
+)
 
 
 @dataclass
@@ -120,13 +125,7 @@ def model_facts(model_dir: Path, predictor: Predictor) -> dict:
 def has_heatmap(predictor: Predictor) -> bool:
     """Heatmaps need the PyTorch model of a backbone that explain supports."""
     model = predictor.backend.torch_model
-    return model is not None and bool(methods_for(model))
-
-
-def _heatmap_explainer(model_dir: Path) -> Any:
-    """An Explainer on its own copy of the model: eager attention must not slow /predict."""
-    model, _ = load_model(model_dir)
-    return Explainer(model)
+    return model is not None and bool(_heatmap("methods_for")(model))
 
 
 def drift_reference(predictor: Predictor, folder: str | None, limit: int) -> Reference:
@@ -193,9 +192,9 @@ class Service:
 
     async def start(self) -> None:
         await self.batcher.start()
-        size = self.predictor.transform(Image.new("RGB", (8, 8))).shape
         # warm-up: the first pass is the slowest; the reference needs the model too
-        await self.batcher.submit(torch.zeros(1, *size), max(self.settings.timeout_s, 300))
+        blank = stack([self.predictor.transform(Image.new("RGB", (8, 8)))]) * 0
+        await self.batcher.submit(blank, max(self.settings.timeout_s, 300))
         s = self.settings  # the reference predicts up to drift.reference_max images: more time
         args = (self.predictor, s.drift_reference, s.drift_reference_max)
         ref = await self.in_pool(drift_reference, *args, wait=max(s.timeout_s, 900))
@@ -216,7 +215,7 @@ class Service:
         except asyncio.TimeoutError as err:
             raise BadInput(504, f"no answer within timeout_s={wait:g} s") from err
 
-    async def forward(self, images: list[torch.Tensor]) -> list[torch.Tensor | Exception]:
+    async def forward(self, images: list[Any]) -> list[Any]:
         try:
             return await self.batcher.submit_each(images, self.settings.timeout_s)
         except asyncio.TimeoutError as err:
@@ -242,10 +241,10 @@ class Service:
             raise BadInput(413, f"{len(raw)} images; at most max_images={n_max}")
         return raw
 
-    def prepare(self, raw: list[tuple[str, Any]]) -> list[torch.Tensor | ItemError]:
+    def prepare(self, raw: list[tuple[str, Any]]) -> list[Any]:
         """Each image decoded and preprocessed, one at a time (one full-size image in memory
         per decode thread), or its ItemError."""
-        out: list[torch.Tensor | ItemError] = []
+        out: list[Any] = []  # pixels (numpy or torch) or ItemError
         for name, data in raw:
             try:
                 if isinstance(data, BadInput):
@@ -293,7 +292,7 @@ class Service:
             (i, o) for i, o in zip(good, outs, strict=True) if not isinstance(items[i], ItemError)
         ]
         if ok:
-            probs, scores = self.predictor.unpack(torch.stack([o for _, o in ok]))
+            probs, scores = self.predictor.unpack(stack([o for _, o in ok]))
             names = [raw[i][0] for i, _ in ok]
             records = self.predictor.records(names, probs, [ms] * len(ok), scores)
             for (i, _), record in zip(ok, records, strict=True):
@@ -332,8 +331,10 @@ class Service:
                 raise BadInput(503, "busy: another heatmap is being computed") from err
             try:
                 if self.explainer is None:
-                    self.explainer = await self.in_pool(_heatmap_explainer, self.model_dir)
-                png = await self.in_pool(_heatmap_png, self.explainer, self.predictor, image)
+                    make = _heatmap("heatmap_explainer")
+                    self.explainer = await self.in_pool(make, self.model_dir)
+                args = (self.explainer, self.predictor, image)
+                png = await self.in_pool(_heatmap("heatmap_png"), *args)
             finally:
                 self.explain_lock.release()
         return JSONResponse({"name": name, "method": "gradattn", "heatmap_png": png})
@@ -360,14 +361,3 @@ class Service:
             "recent_batch_sizes": self.batcher.batch_sizes[-32:],
             "drift": self.metrics.drift.last,
         }
-
-
-def _heatmap_png(explainer: Any, predictor: Predictor, image: Image.Image) -> str:
-    pixels = predictor.transform(image)[None]
-    method = "gradattn" if "gradattn" in explainer.methods else "gradcam"
-    heat = explainer.explain(pixels, [method])[method][0]
-    buf = io.BytesIO()
-    shown = image.copy()
-    shown.thumbnail((384, 384))
-    overlay(shown, heat).save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode()
