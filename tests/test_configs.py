@@ -8,8 +8,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from tests.conftest import CONF, make_cfg
-from vitft.models.classifier import build_model
-from vitft.training.freeze import build_freeze
+from vitft.training.factory import build, build_classifier
 from vitft.training.tracking import build_loggers
 
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir())
@@ -61,7 +60,7 @@ def test_option_composes_and_instantiates(tmp_path, tiny_data, group, option):
     elif group == "model":
         if cfg.model.pretrained and Path(str(cfg.model.pretrained)).is_dir():
             # shipped weights (model=vit_fractal): loaded from the package, sha256-checked
-            model, _ = build_model(cfg.model, cfg.head, classes)
+            model, _ = build_classifier(cfg.model, cfg.head, classes)
             assert model(torch.randn(1, 3, 64, 64)).shape == (1, 3)
         elif cfg.model.pretrained:
             # The hub id is loaded by the same from_pretrained call as a local dir; that path is
@@ -71,16 +70,16 @@ def test_option_composes_and_instantiates(tmp_path, tiny_data, group, option):
             tiny = "vit_tiny" if option == "vit_base" else f"{option}_tiny"
             assert (CONF / "model" / f"{tiny}.yaml").is_file()  # a tiny variant for tests
         else:
-            model, _ = build_model(cfg.model, cfg.head, classes)
+            model, _ = build_classifier(cfg.model, cfg.head, classes)
             assert model(torch.randn(1, 3, 64, 64)).shape == (1, 3)
     elif group in ("head", "freeze"):
-        model, _ = build_model(cfg.model, cfg.head, classes)
-        build_freeze(cfg.freeze, model).apply(model)
+        model, _ = build_classifier(cfg.model, cfg.head, classes)
+        build(cfg.freeze, "freeze", model).apply(model)
         assert model(torch.randn(2, 3, 64, 64)).shape == (2, 3)
     elif group == "optimizer":
         from vitft.training.module import build_optimizer
 
-        model, _ = build_model(cfg.model, cfg.head, classes)
+        model, _ = build_classifier(cfg.model, cfg.head, classes)
         opt = build_optimizer(cfg.optimizer, model)
         assert isinstance(opt, torch.optim.Optimizer)
         assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
@@ -118,7 +117,12 @@ def test_option_composes_and_instantiates(tmp_path, tiny_data, group, option):
         from vitft.training.cache import use_cache
 
         assert use_cache(cfg.cache, {"name": "backbone"}) is (option == "features")
-    elif group in ("data", "loss", "paths", "experiment", "debug"):
+    elif group == "loss":
+        criterion = build(cfg.loss, "loss", None, False)
+        assert criterion(torch.randn(2, 3), torch.tensor([0, 2])).isfinite()
+    elif group == "distill":
+        assert build(cfg.distill, "distill", classes, None) is None  # no teacher by default
+    elif group in ("data", "paths", "experiment", "debug"):
         assert cfg.data.batch_size > 0
 
 

@@ -120,31 +120,67 @@ def test_register_hf_lets_pipeline_load_every_head_in_a_fresh_interpreter(tmp_pa
     ]
 
 
+# Groups whose options build nothing themselves, and why.
+NOT_BUILT = {
+    "experiment": "recipes of overrides (# @package _global_)",
+    "hydra": "Hydra's own settings",
+    "hparams_search": "a sweeper's settings",
+    "paths": "folders, read by interpolation",
+    "task": "a dataset's settings, read by conf/data/ (whose _target_ builds the batches)",
+    "debug": "trainer flags merged into conf/trainer/ (# @package _global_)",
+}
+# Groups whose options are named collections, each entry with its own _target_ ({}: none).
+COLLECTIONS = ("callbacks", "logger")
+# Groups whose built object sits under one key of the option.
+NESTED = {"scheduler": "schedule"}
+
+
+def _option(path) -> dict:
+    """An option file's keys, with those of the options its ``defaults`` list names in the same
+    group (conf/data/manifest.yaml extends folder.yaml)."""
+    import yaml
+
+    raw = yaml.safe_load(path.read_text()) or {}
+    merged: dict = {}
+    for entry in raw.pop("defaults", []):
+        if isinstance(entry, str) and entry != "_self_":
+            merged |= _option(path.parent / f"{entry}.yaml")
+    return merged | raw
+
+
+def _targets(node) -> list[str]:
+    if isinstance(node, dict):
+        own = [node["_target_"]] if "_target_" in node else []
+        return own + [t for v in node.values() for t in _targets(v)]
+    return [t for v in node for t in _targets(v)] if isinstance(node, list) else []
+
+
 def test_every_conf_group_leads_to_its_module():
-    """A newcomer gets from conf/<group>/ to the code that builds it in two hops: its options
-    have a ``_target_``, or their comments name the vitft module (which must exist)."""
-    import importlib
-    import re
+    """A newcomer gets from conf/<group>/ to the code that builds it in one hop: every option of
+    every built group has a ``_target_`` (no comment naming a module stands in for one), and every
+    ``_target_`` in conf/ imports."""
+    from hydra.utils import get_object
 
-    def importable(name: str) -> bool:
-        parts = name.split(".")
-        for n in range(len(parts), 1, -1):
-            try:
-                importlib.import_module(".".join(parts[:n]))
-                return True
-            except ImportError:
-                continue
-        return False
-
-    unled = []
+    unled, broken = [], []
     for group in sorted(p for p in (ROOT / "conf").iterdir() if p.is_dir()):
-        if group.name in ("experiment", "hydra", "hparams_search", "paths"):
-            continue  # recipes and Hydra's own settings, not built by vitft
-        text = "".join(f.read_text() for f in group.glob("*.yaml"))
-        named = re.findall(r"\bvitft(?:\.[a-z_]+)+", text)
-        if "_target_:" not in text and not any(importable(n) for n in named):
-            unled.append(group.name)
-    assert not unled, unled
+        for path in sorted(group.glob("*.yaml")):
+            option = _option(path)
+            name = f"{group.name}/{path.name}"
+            if group.name in COLLECTIONS:
+                led = all(isinstance(v, dict) and "_target_" in v for v in option.values() if v)
+            elif group.name in NESTED:
+                led = "_target_" in (option.get(NESTED[group.name]) or {})
+            else:
+                led = "_target_" in option or group.name in NOT_BUILT
+            if not led:
+                unled.append(name)
+            for target in _targets(option):
+                try:
+                    get_object(target)
+                except Exception as err:  # any failure to import is the finding
+                    broken.append(f"{name}: {target} ({err})")
+    assert not unled, f"options without a _target_: {unled}"
+    assert not broken, broken
 
 
 def _loaded_after(code: str, *args: str) -> set[str]:

@@ -26,24 +26,24 @@ from vitft.deploy.operating_point import fit_operating_point
 from vitft.modelio.checkpoint import check_labels
 from vitft.modelio.ood import save_ood
 from vitft.modelio.operating_point import save_operating_point
-from vitft.models.classifier import build_model
 from vitft.models.ood import VIEWS, views_for
 from vitft.models.operating_point import check_ok_classes
 from vitft.run.rundir import Run
 from vitft.training import checkpoints, tracking
 from vitft.training.batch_size import AUTO, auto_batch_size
 from vitft.training.factory import (
-    build_datamodule,
+    build,
+    build_classifier,
     build_module,
     build_trainer,
     check_multilabel,
     ema_callbacks,
+    feature_cache,
     load_weights,
     scalars,
     screened_splits,
     tune_thresholds,
 )
-from vitft.training.freeze import build_freeze
 from vitft.training.seeding import StepSeed
 
 log = logging.getLogger(__name__)
@@ -100,11 +100,13 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     if ckpt_path:
         check_labels(ckpt_path, splits.classes)
 
-    # 2. backbone + head, freeze strategy, batches that take their preprocessing from the model
-    model, processor = build_model(cfg.model, cfg.head, splits.classes)
-    check_multilabel(cfg, model, splits)
-    freeze = build_freeze(cfg.freeze, model)
-    datamodule = build_datamodule(cfg, splits, model, processor, run.root)
+    # 2. backbone + head, freeze strategy, batches that take their preprocessing from the model;
+    # each conf group is built by the function its _target_ names
+    model, processor = build_classifier(cfg.model, cfg.head, splits.classes)
+    check_multilabel(cfg.loss, cfg.get("distill"), model, splits)
+    freeze = build(cfg.freeze, "freeze", model)
+    cache = feature_cache(cfg.get("cache"), cfg.freeze, model, processor, cfg.data)
+    datamodule = build(cfg.data, "data", splits, processor, run.root, cfg.seed, cache=cache)
 
     # 3. the run dir: config, provenance, split manifest. Under DDP, Lightning re-runs this
     # script for ranks > 0 once rank 0 is in fit(): only rank 0 writes the run dir.
@@ -113,10 +115,11 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     rid = tracking.run_id(run.root, ckpt_path)
 
     # 4. LightningModule, callbacks, loggers, Trainer
-    module = build_module(cfg, model, processor, splits.classes, datamodule, rid)
+    groups = {g: cfg.get(g) for g in ("optimizer", "scheduler", "loss", "distill")}
+    module = build_module(model, processor, datamodule, rid, cfg.get("channels_last"), **groups)
     # StepSeed: dropout/drop-path/MixUp draws as a function of the position (exact resume).
     callbacks = [freeze, StepSeed(cfg.seed), *_instantiate_all(cfg.get("callbacks"))]
-    callbacks += ema_callbacks(cfg)
+    callbacks += ema_callbacks(cfg.get("ema_decay"))
     loggers = tracking.build_loggers(cfg.get("logger"), run.root, rid, resolved)
     trainer = build_trainer(cfg, callbacks, loggers)
 

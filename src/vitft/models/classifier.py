@@ -7,6 +7,7 @@ features its classifier would see (CLS token for ViT, CLS + mean patch token for
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -24,7 +25,10 @@ class ImageClassifier(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.head = head
-        self.head_cfg = dict(head_cfg or {"name": "linear"})
+        # saved with the model (config.json, checkpoints); Hydra's _target_ keys are not settings
+        self.head_cfg = {
+            k: v for k, v in dict(head_cfg or {"name": "linear"}).items() if k[0] != "_"
+        }
 
     @property
     def config(self):
@@ -44,20 +48,31 @@ class ImageClassifier(nn.Module):
         return self.head(self.features(pixel_values))
 
     @classmethod
-    def from_hf(cls, hf_model: PreTrainedModel, head_cfg: dict | None = None) -> ImageClassifier:
-        """Take over an HF ``*ForImageClassification`` model; a linear head keeps its weights."""
+    def from_hf(
+        cls, hf_model: PreTrainedModel, head_cfg: dict | None = None, build: Callable = build_head
+    ) -> ImageClassifier:
+        """Take over an HF ``*ForImageClassification`` model with the head that ``build`` makes
+        from ``head_cfg`` (conf/head/); a linear head keeps the HF classifier's weights."""
         head_cfg = dict(head_cfg or {"name": "linear"})
         in_features = classifier_in_features(hf_model)
-        head = build_head(head_cfg, in_features, hf_model.config.num_labels)
+        head = build(head_cfg, in_features, hf_model.config.num_labels)
         if isinstance(head, LinearHead):
             head.fc.load_state_dict(hf_model.classifier.state_dict())
         hf_model.classifier = nn.Identity()
         return cls(hf_model, head, head_cfg)
 
 
-def build_model(model_cfg: dict, head_cfg: dict, labels: list[str]) -> tuple[ImageClassifier, Any]:
-    """Backbone (hub, local dir or config) + head for ``labels``; returns (model, processor)."""
-    hf_model, processor = load_backbone(model_cfg, labels)
+def build_model(
+    model_cfg: dict,
+    head_cfg: dict,
+    labels: list[str],
+    backbone: Callable = load_backbone,
+    head: Callable = build_head,
+) -> tuple[ImageClassifier, Any]:
+    """Backbone (hub, local dir or config) + head for ``labels``; returns (model, processor).
+    ``backbone`` and ``head`` build them from their conf group (training passes the builders
+    that conf/model/ and conf/head/ name in ``_target_``)."""
+    hf_model, processor = backbone(model_cfg, labels)
     if model_cfg.get("gradient_checkpointing"):
         # Recompute each block's activations in backward instead of keeping them (less memory,
         # one extra forward). No effect on frozen blocks, which keep no activations anyway.
@@ -65,7 +80,7 @@ def build_model(model_cfg: dict, head_cfg: dict, labels: list[str]) -> tuple[Ima
     # from_pretrained returns the model in eval mode, and Lightning keeps each module's mode as
     # it finds it at fit start: a pretrained backbone would train with dropout, stochastic depth
     # and BatchNorm batch statistics all off. Training builds the model, so it starts in train mode.
-    model = ImageClassifier.from_hf(hf_model, head_cfg).train()
+    model = ImageClassifier.from_hf(hf_model, head_cfg, head).train()
     if model_cfg.get("image_size"):
         # Train at another resolution: position embeddings interpolated to the new grid.
         set_image_size(model, processor, int(model_cfg["image_size"]))

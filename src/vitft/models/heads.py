@@ -82,8 +82,9 @@ HEADS = {"linear": LinearHead, "mlp": MLPHead, "cosine": CosineHead}
 
 
 def build_head(cfg: dict, in_features: int, num_classes: int) -> nn.Module:
-    """Build a head from its config (``name`` plus that head's keyword arguments)."""
-    cfg = dict(cfg)
+    """Build a head from its config (``name`` plus that head's keyword arguments; Hydra's
+    ``_target_`` of conf/head/ names this function and is not an argument)."""
+    cfg = {k: v for k, v in dict(cfg).items() if not k.startswith("_")}
     name = cfg.pop("name", "linear")
     if name not in HEADS:
         raise VitftError(f"head={name!r} is unknown; use one of {sorted(HEADS)} (conf/head/)")

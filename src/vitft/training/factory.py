@@ -1,21 +1,27 @@
 """Small factories that turn the training config into objects: splits, datamodule, module,
-trainer. ``vitft.apps.train.train`` calls them in order; each is one step of the story."""
+trainer. ``vitft.apps.train.train`` calls them in order; each is one step of the story.
+
+Each conf group that vitft builds names its builder in ``_target_``; ``build`` calls it with the
+group's own settings and the objects it needs at run time (a model, the splits, the classes).
+"""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 from vitft.core.errors import VitftError
 from vitft.core.hardware import resolve_precision
@@ -23,19 +29,68 @@ from vitft.data import doctor
 from vitft.data.folder import SPLITS, DatasetSplits
 from vitft.data.sources import scan_data
 from vitft.modelio.checkpoint import read_checkpoint
-from vitft.models.classifier import ImageClassifier
+from vitft.models.classifier import ImageClassifier, build_model
 from vitft.models.multilabel import PROBLEM_TYPE, filled, loss_weights, pos_weights
 from vitft.training import checkpoints
 from vitft.training.batch_size import AUTO, initial_batch_size
-from vitft.training.cache import FeatureDataModule, build_cache, use_cache
+from vitft.training.cache import FeatureCache, FeatureDataModule, use_cache
 from vitft.training.datamodule import FolderDataModule
-from vitft.training.distill import load_teacher
 from vitft.training.module import ClassifierModule
 
 log = logging.getLogger(__name__)
 
 
 SCREENED_FILE = "screened.json"
+# Each group's builder when its config has no _target_: run dirs and scripts from before the
+# groups carried one.
+BUILDERS = {
+    "model": "vitft.models.backbone.load_backbone",
+    "head": "vitft.models.heads.build_head",
+    "freeze": "vitft.training.freeze.build_freeze",
+    "loss": "vitft.training.module.build_criterion",
+    "data": "vitft.training.factory.build_datamodule",
+    "cache": "vitft.training.cache.build_cache",
+    "distill": "vitft.training.distill.load_teacher",
+}
+HYDRA_KEYS = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_")
+
+
+def settings(group: Any) -> Any:
+    """A conf group without Hydra's keys (``_target_``, ...): what its builder reads. A
+    DictConfig stays one, and its ``${...}`` still resolve against the whole config."""
+    if not isinstance(group, DictConfig):
+        return {k: v for k, v in dict(group or {}).items() if k not in HYDRA_KEYS}
+    own = copy.copy(group)
+    with open_dict(own):
+        for key in HYDRA_KEYS:
+            own.pop(key, None)
+    return own
+
+
+def builder(group: Any, name: str) -> Callable:
+    """The function or class that conf group ``name``'s ``_target_`` names (BUILDERS[name] when
+    it names none)."""
+    target = (group or {}).get("_target_") or BUILDERS[name]
+    try:
+        return get_object(str(target))
+    except Exception as err:
+        raise VitftError(f"{name}._target_={target!r} does not import: {err}") from err
+
+
+def build(group: Any, name: str, *args: Any, **kwargs: Any) -> Any:
+    """Call conf group ``name``'s builder with its settings and the run-time objects."""
+    return builder(group, name)(settings(group), *args, **kwargs)
+
+
+def build_classifier(model: Any, head: Any, labels: list[str]) -> tuple[ImageClassifier, Any]:
+    """The backbone (conf/model/) and head (conf/head/) for ``labels``: (model, processor)."""
+    return build_model(
+        settings(model),
+        settings(head),
+        labels,
+        backbone=builder(model, "model"),
+        head=builder(head, "head"),
+    )
 
 
 def screened_splits(cfg: DictConfig, output_dir: Path) -> DatasetSplits:
@@ -63,10 +118,14 @@ def screened_splits(cfg: DictConfig, output_dir: Path) -> DatasetSplits:
 
 
 def build_datamodule(
-    cfg: DictConfig, splits: DatasetSplits, model: ImageClassifier, processor: Any, out: Path
+    data: Any,
+    splits: DatasetSplits,
+    processor: Any,
+    out: Path,
+    seed: int,
+    cache: FeatureCache | None = None,
 ) -> FolderDataModule:
-    """Images (or, for a frozen backbone, cached features) in batches."""
-    data = cfg.data
+    """conf/data/'s batches: images, or with a ``cache`` the frozen backbone's features."""
     loader_kwargs = dict(
         augment=data.augment,
         batch_size=initial_batch_size(data.batch_size),
@@ -75,12 +134,20 @@ def build_datamodule(
         pin_memory=data.pin_memory,
         persistent_workers=data.persistent_workers,
         failures_file=out / "load_failures.tsv",
-        seed=cfg.seed,
+        seed=seed,
     )
-    if use_cache(cfg.get("cache"), cfg.freeze):
-        cache = build_cache(cfg.cache, model, processor, data)
+    if cache is not None:
         return FeatureDataModule(splits, processor, cache, **loader_kwargs)
     return FolderDataModule(splits, processor, **loader_kwargs)
+
+
+def feature_cache(
+    cache: Any, freeze: Any, model: ImageClassifier, processor: Any, data: Any
+) -> FeatureCache | None:
+    """conf/cache/'s feature cache when this run can use one (``use_cache``), else None."""
+    if not use_cache(cache, freeze):
+        return None
+    return build(cache, "cache", model, processor, settings(data))
 
 
 def resolve_class_weights(spec: Any, counts: torch.Tensor) -> list[float] | None:
@@ -89,24 +156,25 @@ def resolve_class_weights(spec: Any, counts: torch.Tensor) -> list[float] | None
     return loss_weights(spec, counts.sum() / (len(counts) * counts.clamp(min=1)))
 
 
-def check_multilabel(cfg: DictConfig, model: ImageClassifier, splits: DatasetSplits) -> None:
+def check_multilabel(
+    loss: Any, distill: Any, model: ImageClassifier, splits: DatasetSplits
+) -> None:
     """Multi-label data: refuse options whose maths assume one class per image, and record the
     problem type in the model's config (HF's own field: saved in config.json)."""
     if not splits.multilabel:
         return
-    loss = cfg.loss
     if loss.get("mixup_alpha") or loss.get("cutmix_alpha"):
         raise VitftError(
             "loss.mixup_alpha / loss.cutmix_alpha mix one-class targets; set them to 0 for "
             "multi-label data"
         )
-    if (cfg.get("distill") or {}).get("teacher"):
+    if (distill or {}).get("teacher"):
         raise VitftError("distill.teacher (softmax distillation) is single-label; unset it")
     model.config.problem_type = PROBLEM_TYPE
 
 
-def _class_weights(cfg: DictConfig, datamodule: FolderDataModule) -> list[float] | None:
-    spec, counts = cfg.loss.get("class_weights"), datamodule.train_label_counts()
+def _class_weights(loss: Any, datamodule: FolderDataModule) -> list[float] | None:
+    spec, counts = loss.get("class_weights"), datamodule.train_label_counts()
     if datamodule.splits.multilabel:
         return pos_weights(spec, counts, len(datamodule.splits.train))
     return resolve_class_weights(spec, counts)
@@ -126,25 +194,30 @@ def tune_thresholds(module: ClassifierModule, classes: list[str]) -> dict[str, f
 
 
 def build_module(
-    cfg: DictConfig,
     model: ImageClassifier,
     processor: Any,
-    classes: list[str],
     datamodule: FolderDataModule,
     wandb_id: str,
+    channels_last: Any,
+    optimizer: Any,
+    scheduler: Any,
+    loss: Any,
+    distill: Any = None,
 ) -> ClassifierModule:
-    """The LightningModule: loss, metrics, optimizer groups, schedule, optional KD teacher."""
+    """The LightningModule: conf/loss/'s criterion and class weights, conf/optimizer/ and
+    conf/scheduler/, and conf/distill/'s teacher, each built by its group's ``_target_``."""
     return ClassifierModule(
         model,
-        optimizer=cfg.optimizer,
-        scheduler=cfg.get("scheduler"),
-        loss=cfg.loss,
-        class_weights=_class_weights(cfg, datamodule),
+        optimizer=optimizer,
+        scheduler=scheduler,
+        loss=settings(loss),
+        class_weights=_class_weights(loss, datamodule),
         processor=json.loads(processor.to_json_string()),
         wandb_id=wandb_id,
-        distill=cfg.get("distill"),
-        teacher=load_teacher(cfg.get("distill"), classes, processor),
-        channels_last=use_channels_last(cfg.get("channels_last", False), model),
+        distill=settings(distill),
+        teacher=build(distill, "distill", model.labels, processor),
+        channels_last=use_channels_last(channels_last or False, model),
+        criterion=builder(loss, "loss"),
     )
 
 
@@ -171,14 +244,14 @@ def warmup_ema(decay: float):
     return avg
 
 
-def ema_callbacks(cfg: DictConfig) -> list[Callback]:
+def ema_callbacks(decay: float | None) -> list[Callback]:
     """``ema_decay``: an exponential moving average of the weights, used for val/test/export."""
-    if not cfg.get("ema_decay"):
+    if not decay:
         return []
     from lightning.pytorch.callbacks import EMAWeightAveraging  # only in newer Lightning releases
 
-    ema = EMAWeightAveraging(decay=float(cfg.ema_decay))
-    ema._kwargs["avg_fn"] = warmup_ema(float(cfg.ema_decay))  # the AveragedModel's, at setup
+    ema = EMAWeightAveraging(decay=float(decay))
+    ema._kwargs["avg_fn"] = warmup_ema(float(decay))  # the AveragedModel's, at setup
     return [ema]
 
 

@@ -289,7 +289,7 @@ STRATEGIES: dict[str, type[Freeze]] = {
 def build_freeze(cfg: dict, model: ImageClassifier) -> Freeze:
     """The freeze callback for ``cfg`` (conf/freeze/), checked against ``model`` and applied to
     its structure now (LoRA), before the Lightning module and optimizer exist."""
-    cfg = dict(cfg)
+    cfg = {k: v for k, v in dict(cfg).items() if not k.startswith("_")}  # _target_: Hydra's
     name = cfg.pop("name", "backbone")
     if name not in STRATEGIES:
         raise VitftError(f"freeze={name!r} is unknown; use one of {list(STRATEGIES)}")

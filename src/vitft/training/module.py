@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
@@ -92,6 +93,21 @@ def build_mix(mixup_alpha: float, cutmix_alpha: float, num_classes: int):
     return ops[0] if len(ops) == 1 else v2.RandomChoice(ops)
 
 
+def build_criterion(
+    loss: dict, weight: torch.Tensor | None, multilabel: bool, ordinal: bool = False
+) -> nn.Module:
+    """The criterion of conf/loss/: ``loss.name`` from LOSSES with the class ``weight`` and label
+    smoothing (none with ordinal soft targets); multi-label data: BCE with logits, ``weight`` as
+    positive weights."""
+    name = loss.get("name", "cross_entropy")
+    if name not in LOSSES:
+        raise VitftError(f"loss.name={name!r} is unknown; use one of {sorted(LOSSES)} (conf/loss/)")
+    if multilabel:
+        return nn.BCEWithLogitsLoss(pos_weight=weight)
+    smoothing = 0.0 if ordinal else float(loss.get("label_smoothing", 0.0))
+    return LOSSES[name](weight=weight, label_smoothing=smoothing)
+
+
 def build_optimizer(opt_cfg: dict, model: ImageClassifier) -> torch.optim.Optimizer:
     """The optimizer of conf/optimizer/ over ``model``'s trainable parameter groups."""
     opt_cfg = dict(_plain(opt_cfg))
@@ -134,6 +150,7 @@ class ClassifierModule(L.LightningModule):
         distill: dict | None = None,
         teacher: Any = None,
         channels_last: bool = False,
+        criterion: Callable = build_criterion,
     ):
         super().__init__()
         self.save_hyperparameters(
@@ -154,12 +171,12 @@ class ClassifierModule(L.LightningModule):
         self.teacher = teacher
         self.distill = _plain(distill) or {}
         self.param_counts: dict[str, int] = {}
-        self._build_loss(class_weights)
+        self._build_loss(class_weights, criterion)
         self._build_metrics(self.model.config.num_labels)
 
-    def _build_loss(self, class_weights: list[float] | None) -> None:
-        """The training objective from ``hparams.loss``: the criterion (with ``class_weights``),
-        label smoothing or ordinal soft targets, and MixUp/CutMix."""
+    def _build_loss(self, class_weights: list[float] | None, criterion: Callable) -> None:
+        """The training objective from ``hparams.loss``: the criterion that ``criterion`` builds
+        (with ``class_weights``), label smoothing or ordinal soft targets, and MixUp/CutMix."""
         loss = self.hparams.loss
         weight = torch.tensor(class_weights, dtype=torch.float) if class_weights else None
         self.label_smoothing = float(loss.get("label_smoothing", 0.0))
@@ -170,17 +187,8 @@ class ClassifierModule(L.LightningModule):
             kernel = ordinal_targets(n, float(loss.get("ordinal_alpha", 2.0)))
             self.register_buffer("ordinal_kernel", kernel, persistent=False)
             self.label_smoothing = 0.0
-        # Multi-label: one sigmoid per class, BCE with class_weights as positive weights.
         self.multilabel = is_multilabel(self.model.config)
-        name = loss.get("name", "cross_entropy")
-        if name not in LOSSES:
-            raise VitftError(
-                f"loss.name={name!r} is unknown; use one of {sorted(LOSSES)} (conf/loss/)"
-            )
-        if self.multilabel:
-            self.criterion = nn.BCEWithLogitsLoss(pos_weight=weight)
-        else:
-            self.criterion = LOSSES[name](weight=weight, label_smoothing=self.label_smoothing)
+        self.criterion = criterion(loss, weight, self.multilabel, self.ordinal)
         self.mix = build_mix(loss.get("mixup_alpha", 0.0), loss.get("cutmix_alpha", 0.0), n)
 
     def _build_metrics(self, n: int) -> None:

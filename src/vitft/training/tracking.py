@@ -92,7 +92,9 @@ def _wandb_logger(cfg: dict, rid: str, config: dict) -> Logger:
         mode = "online" if _has_wandb_key() else "offline"
         if mode == "offline":
             log.warning("W&B: no API key (WANDB_API_KEY or `wandb login`): recording offline")
+    # _recursive_ off: the run's config is recorded as it is, its groups' _target_ never called
     kwargs = {**cfg, "id": rid, "resume": "allow", "config": config, "_convert_": "all"}
+    kwargs["_recursive_"] = False
     try:
         import wandb
 
