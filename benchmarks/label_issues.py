@@ -122,7 +122,7 @@ def finetune(splits, noisy, model: str, epochs: int, seed: int, tmp: Path, tag: 
         (data / split).symlink_to((splits.root / split).resolve())
     cfg = quickstart_cfg(
         tmp / f"run_{tag}", data, splits.classes, seed, f"model={model}",
-        f"trainer.max_epochs={epochs}", "test=false", experiment="small_data",
+        f"trainer.max_epochs={epochs}", "test=false", "ood.method=null", experiment="small_data",
     )  # fmt: skip
     train(cfg)
     return tmp / f"run_{tag}" / "model"
@@ -215,7 +215,7 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--flips", nargs="+", default=["uniform"], choices=["uniform", "neighbour"])
     ap.add_argument("--features", nargs="+", default=["frozen"], choices=["frozen", "finetuned"])
-    ap.add_argument("--finetune-epochs", type=int, default=10)
+    ap.add_argument("--finetune-epochs", type=int, default=30)  # small_data's
     ap.add_argument("--proxy-dir", help="a built inspection proxy; default: build the half proxy")
     ap.add_argument("--results", default="label_issues", help="results/<name>.csv")
     ap.add_argument("--quick", action="store_true", help="tiny defect and proxy subsets")

@@ -6,6 +6,9 @@ from __future__ import annotations
 import csv
 import importlib
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -128,3 +131,21 @@ def test_neighbour_flips_move_one_grade(monkeypatch):
         assert ((noisy >= 0) & (noisy < 4)).all()
         steps = np.abs(noisy[flipped] - clean[flipped])
         assert (steps == 1).all() if neighbour else (steps > 1).any()
+
+
+@pytest.mark.slow
+def test_benchmark_quick_mode_reports_both_flip_kinds(tmp_path):
+    env = {**os.environ, "VITFT_RESULTS_DIR": str(tmp_path), "WANDB_MODE": "disabled"}
+    out = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "label_issues.py"), "--quick"],
+        capture_output=True, text=True, cwd=BENCHMARKS.parent, env=env, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    tag, name, recall, precision = out.stdout.strip().splitlines()[-1].split()
+    assert (tag, name) == ("RESULT", "label_issues") and 0 <= float(recall) <= 1
+    rows = list(csv.DictReader((tmp_path / "label_issues.csv").open()))
+    assert {(r["dataset"], r["flips"]) for r in rows} == {
+        ("defect", "uniform"),
+        ("proxy", "uniform"),
+        ("proxy", "neighbour"),
+    }  # defect's classes are not grades: no neighbour flips there
