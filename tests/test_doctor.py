@@ -175,9 +175,9 @@ def test_ranks_above_zero_take_rank_zeros_screening(tmp_path, monkeypatch):
     out = tmp_path / "run"
     out.mkdir()
     cfg = make_cfg(out, data)
-    first = screened_splits(cfg, out)
+    first = screened_splits(cfg.data, cfg.task.get("multilabel"), out)
     assert bad not in [p for p, _ in first.train]
     monkeypatch.setattr(rank_zero_only, "rank", 1)
     monkeypatch.setattr(doctor, "screen", lambda *a, **k: pytest.fail("rank 1 screened again"))
-    second = screened_splits(cfg, out)
+    second = screened_splits(cfg.data, cfg.task.get("multilabel"), out)
     assert (second.train, second.val, second.test) == (first.train, first.val, first.test)

@@ -52,7 +52,7 @@ def pretrain(cfg: DictConfig) -> tuple[dict, dict]:
         run.write_config(resolved)
     rid = tracking.run_id(output_dir, ckpt_path)
     loggers = tracking.build_loggers(cfg.get("logger"), output_dir, rid, resolved)
-    trainer = build_trainer(cfg, _instantiate_all(cfg.get("callbacks")), loggers)
+    trainer = build_trainer(cfg.trainer, _instantiate_all(cfg.get("callbacks")), loggers)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
 
     summary = {

@@ -95,7 +95,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     run, ckpt_path = open_run(cfg)
 
     # 1. files (folders, manifest or HF dataset) -> screened train/val/test splits
-    splits = screened_splits(cfg, run.root)
+    splits = screened_splits(cfg.data, cfg.task.get("multilabel"), run.root)
     ok_classes = check_ok_classes(cfg.task.get("ok_classes"), splits.classes)  # before, not after
     if ckpt_path:
         check_labels(ckpt_path, splits.classes)
@@ -121,7 +121,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     callbacks = [freeze, StepSeed(cfg.seed), *_instantiate_all(cfg.get("callbacks"))]
     callbacks += ema_callbacks(cfg.get("ema_decay"))
     loggers = tracking.build_loggers(cfg.get("logger"), run.root, rid, resolved)
-    trainer = build_trainer(cfg, callbacks, loggers)
+    trainer = build_trainer(cfg.trainer, callbacks, loggers)
 
     # 5. fit, then validate and test the best checkpoint (not the last epoch's weights)
     best = _fit(cfg, trainer, callbacks, module, datamodule, run, ckpt_path)

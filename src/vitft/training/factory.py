@@ -93,12 +93,12 @@ def build_classifier(model: Any, head: Any, labels: list[str]) -> tuple[ImageCla
     )
 
 
-def screened_splits(cfg: DictConfig, output_dir: Path) -> DatasetSplits:
-    """Scan the data source (folders, manifest or HF dataset) into train/val/test and screen its
-    files (``data.on_bad_file``). Under DDP only rank 0 reads every file: Lightning starts the
-    other ranks after it has screened, and they take its result from the run dir."""
-    data = cfg.data
-    splits = scan_data(data, cfg.task.get("multilabel"), output_dir)
+def screened_splits(data: DictConfig, multilabel: bool | None, output_dir: Path) -> DatasetSplits:
+    """Scan the data source (folders, manifest or HF dataset) of the ``data`` group into
+    train/val/test and screen its files (``data.on_bad_file``). Under DDP only rank 0 reads every
+    file: Lightning starts the other ranks after it has screened, and they take its result from
+    the run dir."""
+    splits = scan_data(data, multilabel, output_dir)
     policy, check = data.get("on_bad_file", "skip"), data.get("check", "header")
     files = [(s, str(p)) for s in SPLITS for p, _ in splits.split(s)]
     key = hashlib.sha256(json.dumps([files, policy, check]).encode()).hexdigest()
@@ -255,12 +255,13 @@ def ema_callbacks(decay: float | None) -> list[Callback]:
     return [ema]
 
 
-def build_trainer(cfg: DictConfig, callbacks: list[Callback], loggers: list) -> L.Trainer:
+def build_trainer(trainer: DictConfig, callbacks: list[Callback], loggers: list) -> L.Trainer:
+    """The ``trainer`` group's Lightning Trainer with these callbacks and loggers."""
     if not loggers:  # logger=none: LearningRateMonitor refuses to run without a logger
         callbacks = [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]
     return instantiate(
-        cfg.trainer,
-        precision=resolve_precision(cfg.trainer.get("precision"), cfg.trainer.get("accelerator")),
+        trainer,
+        precision=resolve_precision(trainer.get("precision"), trainer.get("accelerator")),
         # Under SLURM (scripts/slurm), Lightning writes hpc_ckpt_N.ckpt on SIGUSR1; once fit ends
         # they are deleted, else validate/test below would load them instead of `best`.
         callbacks=[*callbacks, checkpoints.SpentHpcCheckpoints()],
