@@ -90,3 +90,25 @@ def test_an_old_export_without_a_processor_file_keeps_the_metadata_steps(tmp_pat
     x = lean(img)
     assert x.shape == (3, 24, 40) and not lean.bgr and lean.resample == Image.Resampling.BILINEAR
     np.testing.assert_allclose(x, (1.0 - 0.5) / 0.25, rtol=1e-6)
+
+
+def test_export_metadata_spells_out_the_preprocessing():
+    """metadata.json alone tells a reader without vitft the channel order, filter and crop."""
+    from vitft.data.transforms import processor_facts
+    from vitft.deploy.metadata import build_metadata
+
+    def meta(name: str) -> dict:
+        facts = processor_facts(VARIANTS[name]())
+        kinds = {"fmt": "onnx", "precision": "fp32", "runtime": "onnxruntime"}
+        return build_metadata(**kinds, file="model.onnx", labels=["a"], facts=facts, model_dir=None)
+
+    bgr = meta("mobilevit_bgr")
+    assert bgr["preprocessing"]["channel_order"] == "BGR"
+    assert bgr["preprocessing"]["center_crop"] == {"height": 32, "width": 32}
+    assert bgr["input_layout"].startswith("NCHW float32, BGR, resized (bicubic), center-cropped")
+    assert "mean" not in bgr["input_layout"]  # MobileViT does not normalise
+    vit = meta("vit_nearest_imagenet")
+    assert vit["preprocessing"]["resample"] == "nearest"
+    assert vit["input_layout"] == (
+        "NCHW float32, RGB, resized (nearest), then (x * rescale_factor - mean) / std"
+    )

@@ -72,6 +72,30 @@ def processor_facts(processor: Any) -> dict:
         "image_size": [int(height), int(width)],
         "image_mean": [float(v) for v in processor.image_mean] if normalize else [0.0] * 3,
         "image_std": [float(v) for v in processor.image_std] if normalize else [1.0] * 3,
+        "preprocessing": _preprocessing(processor),
+    }
+
+
+def _preprocessing(processor: Any) -> dict:
+    """The steps between a decoded RGB image and the model's input, as an export's reader needs
+    them without transformers: the resize filter, the center crop, the rescale factor and the
+    channel order (MobileViT's processor flips RGB to BGR and does not normalise)."""
+    resample = getattr(processor, "resample", None)
+    crop = (
+        getattr(processor, "crop_size", None)
+        if getattr(processor, "do_center_crop", False)
+        else None
+    )
+    return {
+        "resize": dict(processor.size),
+        "resample": Image.Resampling(int(resample)).name.lower() if resample is not None else None,
+        "center_crop": dict(crop) if crop else None,
+        "crop_pct": getattr(processor, "crop_pct", None),
+        "rescale_factor": float(getattr(processor, "rescale_factor", 1 / 255)),
+        "channel_order": "BGR" if getattr(processor, "do_flip_channel_order", False) else "RGB",
+        "normalize": bool(
+            getattr(processor, "do_normalize", True) and processor.image_mean is not None
+        ),
     }
 
 

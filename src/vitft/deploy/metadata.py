@@ -75,7 +75,8 @@ def build_metadata(
         "image_mean": facts["image_mean"],
         "image_std": facts["image_std"],
         "input_name": INPUT_NAME,
-        "input_layout": "NCHW float32, RGB, resized then (x/255 - mean) / std",
+        "input_layout": input_layout(facts.get("preprocessing") or {}),
+        "preprocessing": facts.get("preprocessing"),
         "output_name": OUTPUT_NAME,
         "outputs": list(outputs or [OUTPUT_NAME]),
         "ood": ood_block(ood) if ood is not None else None,
@@ -86,6 +87,16 @@ def build_metadata(
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **extra,
     }
+
+
+def input_layout(steps: dict) -> str:
+    """One line a reader without vitft can follow from a decoded RGB image to the input tensor."""
+    order = steps.get("channel_order", "RGB")
+    crop = ", center-cropped" if steps.get("center_crop") else ""
+    filt = f" ({steps['resample']})" if steps.get("resample") else ""
+    scale = "x * rescale_factor" if "rescale_factor" in steps else "x/255"
+    norm = f"({scale} - mean) / std" if steps.get("normalize", True) else scale
+    return f"NCHW float32, {order}, resized{filt}{crop}, then {norm}"
 
 
 def ood_block(scorer: OODScorer) -> dict:
