@@ -114,10 +114,10 @@ def finetune(splits, noisy, model: str, epochs: int, seed: int, tmp: Path, tag: 
     from vitft.apps.train import train
 
     data = tmp / f"data_{tag}"
-    for (path, _), y in zip(splits.train, noisy, strict=True):
+    for i, ((path, _), y) in enumerate(zip(splits.train, noisy, strict=True)):
         out = data / "train" / splits.classes[y]
-        out.mkdir(parents=True, exist_ok=True)
-        (out / Path(path).name).symlink_to(Path(path).resolve())
+        out.mkdir(parents=True, exist_ok=True)  # the index: two classes may hold one file name
+        (out / f"{i:05d}_{Path(path).name}").symlink_to(Path(path).resolve())
     for split in ("val", "test"):
         (data / split).symlink_to((splits.root / split).resolve())
     cfg = quickstart_cfg(
