@@ -183,9 +183,9 @@ def _pasted(
     box = len(patch)
     yy, xx = np.mgrid[-1 : 1 : box * 1j, -1 : 1 : box * 1j]
     alpha = _place(np.clip((1 - np.hypot(yy, xx)) * edge, 0, 1).astype(np.float32), rng)
-    y0, x0 = np.argwhere(alpha > 0).min(0)
-    canvas = np.zeros((SIZE, SIZE), np.float32)
-    canvas[y0 : y0 + box, x0 : x0 + box] = patch
+    y0, x0 = np.argwhere(alpha > 0).min(0)  # the mask's first lit pixel: a pixel or two in
+    canvas = np.zeros((SIZE, SIZE), np.float32)  # from its box, so a box at the edge is cut
+    canvas[y0 : y0 + box, x0 : x0 + box] = patch[: SIZE - y0, : SIZE - x0]
     return img * (1 - alpha) + canvas * alpha
 
 
