@@ -10,6 +10,7 @@ import pytest
 import transformers
 from PIL import Image
 
+from tests.test_predict_lean import one_level
 from vitft.deploy.preprocess import ExportPreprocess, export_preprocess
 
 BICUBIC, NEAREST = Image.Resampling.BICUBIC, Image.Resampling.NEAREST
@@ -70,10 +71,7 @@ def test_lean_preprocessing_equals_the_hf_processor_output(name, tmp_path):
     lean = export_preprocess(tmp_path, {})
     assert isinstance(lean, ExportPreprocess)
     assert lean.bgr == (name == "mobilevit_bgr" or name == "mobilevit_no_crop")
-    # one 8-bit step in output units: PIL's resize rounds a few pixels one step off torchvision
-    step = (lean.rescale_factor if lean.do_rescale else 1.0) / (
-        min(lean.image_std) if lean.do_normalize else 1.0
-    )
+    step = one_level(lean)  # PIL's resize rounds a few pixels one 8-bit step off torchvision
     for img in _images():
         want = processor(images=[img], return_tensors="np")["pixel_values"][0]
         got = lean(img)
