@@ -106,7 +106,8 @@ def time_serve(argv: list[str], env: dict, cwd: Path, port: int) -> tuple[float,
     try:
         while True:
             try:
-                if urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=1).ok:
+                ready = urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=1)
+                if ready.status == 200:
                     return time.perf_counter() - t0, process_cpu(proc.pid)
             except OSError as err:
                 if proc.poll() is not None:
