@@ -22,6 +22,7 @@ from tests.conftest import CLASSES, CONF, make_dataset, save_tiny_vit
 from vitft.apps.check_data import check_data, feature_model
 from vitft.core.errors import VitftError
 from vitft.data.label_issues import find_issues, near_duplicates, out_of_fold_probs
+from vitft.deploy.predictor import Predictor
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -149,3 +150,43 @@ def test_benchmark_quick_mode_reports_both_flip_kinds(tmp_path):
         ("proxy", "uniform"),
         ("proxy", "neighbour"),
     }  # defect's classes are not grades: no neighbour flips there
+
+
+def test_crossfit_finetune_scores_each_image_by_the_fold_model_that_never_saw_it(tmp_path):
+    root = make_dataset(tmp_path / "d", counts={"train": 4, "val": 2, "test": 1})
+    wrong = root / "train" / "red" / "red_train_000.png"
+    wrong.rename(root / "train" / "blue" / "moved_from_red.png")  # a red image labelled blue
+    fine_tune = ["model=vit_tiny", "model.image_size=32", "trainer.max_epochs=6"]
+    fine_tune += ["data.batch_size=4", "trainer.precision=32-true", "data.num_workers=0"]
+    listed = ",".join(f'"{o}"' for o in fine_tune)
+    opts = ["label_issues.crossfit=finetune", "label_issues.folds=2",
+            f"label_issues.finetune_overrides=[{listed}]"]  # fmt: skip
+    assert check_data(_labels_cfg(root, tmp_path, *opts)) == 0
+    out = tmp_path / "out"
+    rows = list(csv.DictReader((out / "label_issues.csv").open()))
+    assert {r["given"] for r in rows} <= set(CLASSES)
+    folds = {r["path"]: int(r["fold"]) for r in csv.DictReader((out / "crossfit/folds.csv").open())}
+    assert len(folds) == 12 and set(folds.values()) == {0, 1}
+    for k in (0, 1):
+        assert (out / "crossfit" / f"fold_{k}" / "model" / "config.json").is_file()
+        trained = {p.resolve() for p in (out / "crossfit/data" / f"fold_{k}/train").rglob("*.png")}
+        # each fold model trained on exactly the images the other fold holds out
+        assert trained == {Path(p).resolve() for p, f in folds.items() if f != k}
+        assert len(list((out / "crossfit/data" / f"fold_{k}/val").rglob("*.png"))) == 6
+    models = {k: Predictor.from_path(out / f"crossfit/fold_{k}/model", ood=False) for k in (0, 1)}
+    for r in rows:  # its probabilities are those of the model of the fold that held it out
+        p = models[folds[r["path"]]].predict([r["path"]])[0].probs
+        assert p[r["given"]] == pytest.approx(float(r["p_given"]), abs=1e-3)
+        assert p[r["suggested"]] == pytest.approx(float(r["p_suggested"]), abs=1e-3)
+    assert any(r["path"].endswith("moved_from_red.png") and r["suggested"] == "red" for r in rows)
+
+
+def test_crossfit_bad_input_is_one_clear_line(tmp_path):
+    root = make_dataset(tmp_path / "d", counts={"train": 3, "val": 1, "test": 1})
+    for opts, match in (
+        (["label_issues.crossfit=bagging"], r"label_issues.crossfit=bagging is unknown"),
+        (["label_issues.crossfit=finetune", "label_issues.folds=5"],
+         r"label_issues.folds=5 needs 2 <= folds <= .* \(3\).*set label_issues.folds"),
+    ):  # fmt: skip
+        with pytest.raises(VitftError, match=match):
+            check_data(_labels_cfg(root, tmp_path, *opts))

@@ -2,7 +2,9 @@
 
 ``labels=true`` also looks for training labels that are probably wrong and for near-duplicates
 across splits (``vitft.data.label_issues``), on a frozen backbone's cached features (the
-pretrained ``model``, or a trained one: ``label_issues.model_dir``).
+pretrained ``model``, or a trained one: ``label_issues.model_dir``); the out-of-fold
+probabilities come from a probe on those features, or (``label_issues.crossfit=finetune``) from K
+models fine-tuned on the other folds (``vitft.apps.crossfit``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 import numpy as np
 from omegaconf import OmegaConf
 
+from vitft.apps.crossfit import finetuned_probs
 from vitft.core.errors import VitftError
 from vitft.data.check import check_files, check_manifest
 from vitft.data.doctor import DataReport, _item, check_dataset, screen
@@ -26,6 +29,8 @@ from vitft.models.classifier import build_model
 from vitft.training.cache import FeatureCache
 
 log = logging.getLogger(__name__)
+
+CROSSFIT = ("probe", "finetune")  # label_issues.crossfit: where the out-of-fold probs come from
 
 
 def check_data(cfg: Any) -> int:
@@ -109,10 +114,17 @@ def check_labels(cfg: Any, data: dict, report: DataReport) -> list:
     splits = screen(scan_data(data, cfg.get("task", {}).get("multilabel")), "skip")
     if splits.multilabel:
         raise VitftError("labels=true checks single-label data; this dataset is multi-label")
-    feats = _features(cfg, splits)
+    crossfit = opts.get("crossfit") or "probe"
+    if crossfit not in CROSSFIT:
+        raise VitftError(f"label_issues.crossfit={crossfit} is unknown: use one of {CROSSFIT}")
     labels = np.array([y for _, y in splits.train])
     paths = [str(p) for p, _ in splits.train]
-    probs = li.out_of_fold_probs(feats["train"], labels, int(opts.folds), int(cfg.seed))
+    if crossfit == "finetune":  # K trainings; the folds checked before the first one
+        fold = li.fold_ids(labels, int(opts.folds), int(cfg.seed), len(splits.classes))
+        probs = finetuned_probs(cfg, splits, fold)
+    feats = _features(cfg, splits)
+    if crossfit == "probe":
+        probs = li.out_of_fold_probs(feats["train"], labels, int(opts.folds), int(cfg.seed))
     issues = li.find_issues(paths, labels, probs, feats["train"], splits.classes)
     out = Path(str(opts.output))
     table = li.write_csv(out / "label_issues.csv", issues)

@@ -1,7 +1,9 @@
 """Training labels that are probably wrong, from image features (``vitft check-data labels=true``).
 
 features (a frozen backbone's, one row per image) -> out-of-fold class probabilities by K-fold
-cross-fitting a logistic regression (each image scored by a model that never saw its label) ->
+cross-fitting a logistic regression (each image scored by a model that never saw its label; or,
+with ``label_issues.crossfit=finetune``, K fine-tuned models on the folds of ``fold_ids``:
+``vitft.apps.crossfit``) ->
 cleanlab's ``find_label_issues`` (confident learning) ranks the suspects, and its outlier score
 flags images unlike the rest -> a ranked CSV a person can act on, a gallery of the top suspects,
 and Label Studio review tasks pre-annotated with the suggested label. ``near_duplicates`` finds
@@ -68,6 +70,24 @@ def out_of_fold_probs(
         fitted = probe(c).fit(features[fit_idx], labels[fit_idx])
         probs[np.ix_(held_idx, fitted.classes_)] = fitted.predict_proba(features[held_idx])
     return probs
+
+
+def fold_ids(labels: np.ndarray, folds: int, seed: int = 0, n_classes: int = 0) -> np.ndarray:
+    """Each image's fold (``0..folds-1``), stratified by class, for cross-fitting K fine-tuned
+    models (``label_issues.crossfit=finetune``): every class in every fold's training part."""
+    labels = np.asarray(labels)
+    smallest = int(np.bincount(labels, minlength=n_classes).min()) if len(labels) else 0
+    if not 2 <= folds <= smallest:
+        raise VitftError(
+            f"label_issues.folds={folds} needs 2 <= folds <= the training images of the smallest "
+            f"class ({smallest}) with crossfit=finetune: set label_issues.folds between 2 and "
+            f"{smallest}, or add images"
+        )
+    fold = np.empty(len(labels), int)
+    split = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    for k, (_, held_idx) in enumerate(split.split(np.zeros((len(labels), 1)), labels)):
+        fold[held_idx] = k
+    return fold
 
 
 def find_issues(
