@@ -76,12 +76,18 @@ def one_level(pre: ExportPreprocess) -> float:
     return step / (min(pre.image_std) if pre.do_normalize else 1.0) + 1e-5
 
 
+def saved_lean(processor, folder: Path) -> ExportPreprocess:
+    """The lean preprocessing an export folder holding ``processor``'s saved config gets."""
+    processor.save_pretrained(folder)
+    lean = export_preprocess(folder, {})
+    assert isinstance(lean, ExportPreprocess)
+    return lean
+
+
 @pytest.mark.parametrize("name", sorted(PROCESSORS))
 def test_lean_preprocessing_matches_the_transformers_processor(name, tmp_path):
     processor = PROCESSORS[name]()
-    processor.save_pretrained(tmp_path)
-    lean = export_preprocess(tmp_path, {})
-    assert isinstance(lean, ExportPreprocess)
+    lean = saved_lean(processor, tmp_path)
     reference = ImageTransform(processor, None)
     for img in images():
         want, got = reference(img).numpy(), lean(img)

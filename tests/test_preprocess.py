@@ -10,8 +10,8 @@ import pytest
 import transformers
 from PIL import Image
 
-from tests.test_predict_lean import one_level
-from vitft.deploy.preprocess import ExportPreprocess, export_preprocess
+from tests.test_predict_lean import one_level, saved_lean
+from vitft.deploy.preprocess import export_preprocess
 
 BICUBIC, NEAREST = Image.Resampling.BICUBIC, Image.Resampling.NEAREST
 CROP = {"crop_size": {"height": 32, "width": 32}}
@@ -67,9 +67,7 @@ def _images() -> list[Image.Image]:
 @pytest.mark.parametrize("name", sorted(VARIANTS))
 def test_lean_preprocessing_equals_the_hf_processor_output(name, tmp_path):
     processor = VARIANTS[name]()
-    processor.save_pretrained(tmp_path)
-    lean = export_preprocess(tmp_path, {})
-    assert isinstance(lean, ExportPreprocess)
+    lean = saved_lean(processor, tmp_path)
     assert lean.bgr == (name == "mobilevit_bgr" or name == "mobilevit_no_crop")
     step = one_level(lean)  # PIL's resize rounds a few pixels one 8-bit step off torchvision
     for img in _images():
