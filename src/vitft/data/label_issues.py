@@ -63,10 +63,10 @@ def out_of_fold_probs(
             f"label issues need at least 2 training images per class (one class has {smallest}); "
             "add images or leave the class out"
         )
-    folds = max(2, min(int(folds), smallest))
+    fold = _stratified_folds(labels, max(2, min(int(folds), smallest)), seed)
     probs = np.zeros((len(labels), n_classes))
-    split = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    for fit_idx, held_idx in split.split(features, labels):
+    for k in range(int(fold.max()) + 1):
+        fit_idx, held_idx = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
         fitted = probe(c).fit(features[fit_idx], labels[fit_idx])
         probs[np.ix_(held_idx, fitted.classes_)] = fitted.predict_proba(features[held_idx])
     return probs
@@ -83,6 +83,11 @@ def fold_ids(labels: np.ndarray, folds: int, seed: int = 0, n_classes: int = 0) 
             f"class ({smallest}) with crossfit=finetune: set label_issues.folds between 2 and "
             f"{smallest}, or add images"
         )
+    return _stratified_folds(labels, folds, seed)
+
+
+def _stratified_folds(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """Each image's fold, every class spread over the folds (the probe's and the fine-tunes')."""
     fold = np.empty(len(labels), int)
     split = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     for k, (_, held_idx) in enumerate(split.split(np.zeros((len(labels), 1)), labels)):
