@@ -27,6 +27,14 @@ TINY_VIT_CONFIG = {
     "intermediate_size": 64,
 }
 
+# Under pytest-xdist each worker gets its share of the cores (torch would take them all in each
+# worker, and its subprocesses inherit the setting).
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
@@ -116,3 +124,28 @@ def make_multilabel_manifest(root: Path, n: int = 40, seed: int = 0) -> Path:
         rows.append(f"images/img_{i:03d}.png,{';'.join(present)}")
     (root / "labels.csv").write_text("\n".join(rows) + "\n")
     return root / "labels.csv"
+
+
+# Files whose tests start several training processes at once (DDP ranks, SLURM job steps, runs
+# killed and resumed two at a time): one xdist worker runs them one after another, so they never
+# compete with each other for the cores (their per-run timeouts) or for free ports.
+MULTIPROCESS = {"test_kill_resume.py", "test_ddp.py", "test_multinode.py", "test_slurm.py"}
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """The long system tests (marked slow) first, so that no xdist worker runs a many-minute test
+    alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Each test file is one unit of work for a worker (its module fixtures run once); the
+    multi-process files are one unit together."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByFile(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            file = nodeid.split("::", 1)[0]
+            return "multiprocess" if Path(file).name in MULTIPROCESS else file
+
+    return ByFile(config, log)
