@@ -253,8 +253,14 @@ def ood_descriptor(pooled: torch.Tensor, hidden: list[torch.Tensor]) -> torch.Te
 
 def _view_outputs(model: nn.Module, pixel_values: torch.Tensor, views: str):
     n = pixel_values.shape[0]
-    feats, pooled = multiscale_features(model, image_views(pixel_values, views))
-    return feats.reshape(VIEWS[views], n, -1).transpose(0, 1), pooled[:n]
+    pixels = image_views(pixel_values, views)
+    if torch.jit.is_tracing() or torch.compiler.is_exporting() or torch.compiler.is_compiling():
+        chunks = [pixels]  # an exported graph holds one backbone call over every view
+    else:  # eager: a view at a time; one batch of all views ran 2.3x slower on CPU (MobileViT)
+        chunks = pixels.split(n)
+    outs = [multiscale_features(model, chunk) for chunk in chunks]
+    feats = torch.cat([f for f, _ in outs])
+    return feats.reshape(VIEWS[views], n, -1).transpose(0, 1), outs[0][1][:n]
 
 
 def view_features(model: nn.Module, pixel_values: torch.Tensor, views: str) -> torch.Tensor:
