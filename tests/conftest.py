@@ -138,6 +138,7 @@ def pytest_collection_modifyitems(config, items) -> None:
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
+@pytest.hookimpl(optionalhook=True)  # a plain pytest (-p no:xdist) has no such hook
 def pytest_xdist_make_scheduler(config, log):
     """Each test file is one unit of work for a worker (its module fixtures run once); the
     multi-process files are one unit together."""
