@@ -222,14 +222,15 @@ def _noisy_label(grade: int, rng: np.random.Generator) -> int:
     return grade
 
 
-def make_image(grade: int, rng: np.random.Generator) -> Image.Image:
-    img = _background(rng) * (1 - _defects(grade, rng))
+def make_image(grade: int, rng: np.random.Generator, contrast: float = 1.0) -> Image.Image:
+    img = _background(rng) * (1 - contrast * _defects(grade, rng))
     img = img + rng.normal(0, rng.uniform(0.005, 0.02), img.shape)
     return Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8), "L")
 
 
-def build(root: Path, scale: float = 1.0, seed: int = 0) -> Path:
-    """root/{train,val,test}/<grade>/*.png; ``scale`` shrinks every split (quick modes)."""
+def build(root: Path, scale: float = 1.0, seed: int = 0, contrast: float = 1.0) -> Path:
+    """root/{train,val,test}/<grade>/*.png; ``scale`` shrinks every split (quick modes);
+    ``contrast`` scales how much every defect darkens the part (the same images otherwise)."""
     rng = np.random.default_rng(seed)
     for split, n in SPLITS.items():
         counts = [max(2, round(n * scale * s)) for s in SHARES]
@@ -238,7 +239,7 @@ def build(root: Path, scale: float = 1.0, seed: int = 0) -> Path:
                 label = _noisy_label(grade, rng)
                 out = root / split / GRADES[label]
                 out.mkdir(parents=True, exist_ok=True)
-                make_image(grade, rng).save(out / f"{split}_{grade}_{i:04d}.png")
+                make_image(grade, rng, contrast).save(out / f"{split}_{grade}_{i:04d}.png")
     return root
 
 
@@ -258,9 +259,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--scale", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--contrast", type=float, default=1.0, help="scale every defect's darkening")
     ap.add_argument("--preview", action="store_true")
     args = ap.parse_args()
-    build(args.out, args.scale, args.seed)
+    build(args.out, args.scale, args.seed, args.contrast)
     if args.preview:
         preview(args.out, args.out / "preview.png")
 

@@ -34,7 +34,6 @@ from pathlib import Path
 
 import numpy as np
 from _common import cpu_flags, machine_note, table, write_results
-
 from serve import load_images, make_model, start_server
 
 HOST = "127.0.0.1"  # never anywhere else
